@@ -1,0 +1,16 @@
+"""fastmtl: fast, exact multi-task gradient combination for PyTorch.
+
+``fastmtl.combine(grads, method="pcgrad")`` turns K task gradients into one update direction
+through the Gram matrix ``G = J Jᵀ``: one pass to form G, a K×K solve on the device, one pass to
+form ``Σ λ_k g_k``. See the README for the methods, their papers and scale conventions.
+"""
+
+from .api import CombineInfo, combine
+from .methods import METHODS, Method
+from .ops import available_backends, gramian, use_backend, weighted_sum
+from . import methods
+
+__version__ = "0.1.0"
+
+__all__ = ["combine", "CombineInfo", "gramian", "weighted_sum", "use_backend", "available_backends",
+           "methods", "Method", "METHODS", "__version__"]

@@ -1,0 +1,72 @@
+"""What every combination method is: hyper-parameters in the constructor, ``weights(G, ...) → λ``."""
+
+from __future__ import annotations
+
+from typing import ClassVar, Optional
+
+import torch
+
+
+class Method:
+    """A multi-task gradient combination method in Gram space.
+
+    Subclasses implement :meth:`weights`, which maps the K×K Gram matrix ``G = J Jᵀ`` (and, where
+    the method uses them, the task losses and a random generator) to combination coefficients
+    ``λ`` such that the combined direction is ``d = Jᵀ λ = Σ_k λ_k g_k``. Everything runs on
+    ``G``'s device with fixed iteration counts and no host synchronisation.
+
+    Class attributes tell :func:`fastmtl.combine` what to prepare:
+
+    * ``requires_gram``: the method reads ``G`` (loss-only methods skip the Gram pass);
+    * ``uses_losses``: ``losses`` are read (every method accepts and may ignore them);
+    * ``uses_reference``: the method needs dot products ``⟨v, g_k⟩`` with an external
+      reference vector ``self.reference`` (passed to :meth:`weights` as ``reference_dots``);
+    * ``stateful``: instances keep state across steps; keep the instance and pass it as
+      ``method=instance``.
+    """
+
+    name: ClassVar[str] = ""
+    requires_gram: ClassVar[bool] = True
+    uses_losses: ClassVar[bool] = False
+    uses_reference: ClassVar[bool] = False
+    stateful: ClassVar[bool] = False
+
+    reference = None
+
+    def weights(self, G: Optional[torch.Tensor], *, losses: Optional[torch.Tensor] = None,
+                generator: Optional[torch.Generator] = None,
+                reference_dots: Optional[torch.Tensor] = None, num_tasks: Optional[int] = None
+                ) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items()
+                           if not k.startswith("_") and not isinstance(v, torch.Tensor))
+        return f"{type(self).__name__}({params})"
+
+
+def symmetric64(G: torch.Tensor) -> torch.Tensor:
+    """``G`` in float64, symmetrised: accumulated Grams can be asymmetric at the rounding level."""
+    G = G.to(torch.float64)
+    return 0.5 * (G + G.T)
+
+
+def check_positive(name: str, value: float, *, allow_zero: bool = True) -> float:
+    value = float(value)
+    if value != value or value < 0 or (value == 0 and not allow_zero):
+        bound = "≥ 0" if allow_zero else "> 0"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+
+
+def check_main_task(main_task: int, K: int) -> int:
+    if not isinstance(main_task, int) or isinstance(main_task, bool):
+        raise TypeError(f"main_task must be an int, got {type(main_task).__name__}")
+    if not 0 <= main_task < K:
+        raise ValueError(f"main_task={main_task} is out of range for K={K} tasks")
+    return main_task

@@ -1,0 +1,68 @@
+"""PCGrad — Yu et al., "Gradient Surgery for Multi-Task Learning", NeurIPS 2020 (arXiv 2001.06782)."""
+
+from __future__ import annotations
+
+import torch
+
+from .base import Method, check_choice, check_positive, symmetric64
+from .ordering import random_task_orders
+
+
+class PCGrad(Method):
+    """Project conflicting gradients (Yu et al., NeurIPS 2020, Algorithm 1), in Gram space.
+
+    Paper form: for each task ``i``, ``p_i = g_i``; for every other task ``j`` in a random order
+    (independent per ``i``), if ``⟨p_i, g_j⟩ < 0`` then ``p_i ← p_i − ⟨p_i, g_j⟩/‖g_j‖² · g_j``
+    (projection onto the normal plane of the *original* ``g_j``); ``d = Σ_i p_i``.
+
+    Gram form (exact): ``p_i = Σ_k C_ik g_k`` with ``C = I`` initially, so
+    ``⟨p_i, g_j⟩ = (C G)_ij`` and each projection subtracts ``s/(G_jj + eps)`` from ``C_ij``.
+    The K rows are independent, so all K projections of one round run as one batched step:
+    K−1 rounds of O(K²) work on the device. ``λ = Σ_i C_i`` (column sums).
+
+    Scale: ``reduction="sum"`` (paper and official code) or ``"mean"`` (``λ/K``).
+    Zero-norm ``g_j`` (``G_jj ≤ zero_eps``) is never projected against.
+
+    Args:
+        shuffle: random per-task order drawn from ``generator`` (paper); ``False`` visits tasks
+            in index order (the official TensorFlow code, whose shuffle has no effect).
+        reduction: ``"sum"`` or ``"mean"``.
+        eps: added to ``‖g_j‖²`` in the projection denominator.
+    """
+
+    name = "pcgrad"
+
+    def __init__(self, shuffle: bool = True, reduction: str = "sum", eps: float = 1e-8):
+        check_choice("reduction", reduction, ("sum", "mean"))
+        self.shuffle = bool(shuffle)
+        self.reduction = reduction
+        self.eps = check_positive("eps", eps)
+
+    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None):
+        G = symmetric64(G)
+        K = G.shape[0]
+        orders = random_task_orders(K, generator=generator, device=G.device, shuffle=self.shuffle)
+        C = project_conflicts(G, orders, self.eps)
+        lam = C.sum(0)
+        return lam / K if self.reduction == "mean" else lam
+
+
+def project_conflicts(G: torch.Tensor, orders: torch.Tensor, eps: float) -> torch.Tensor:
+    """Coefficient matrix ``C`` of PCGrad's projected gradients ``p_i = Σ_k C_ik g_k``.
+
+    ``orders[i]`` lists the tasks that ``p_i`` is projected against, in order.
+    """
+    K = G.shape[0]
+    rows = torch.arange(K, device=G.device)
+    C = torch.eye(K, dtype=G.dtype, device=G.device)
+    diag = torch.diagonal(G)
+    # Zero-norm gradients are skipped: relative to the largest squared norm so that scale does not
+    # matter, and never below the smallest positive double.
+    zero = diag.amax() * 1e-30 + 1e-300
+    for t in range(K - 1):
+        j = orders[:, t]
+        s = (C * G[:, j].T).sum(1)  # s_i = <p_i, g_{j_i}>
+        gjj = diag[j]
+        coef = torch.where((s < 0) & (gjj > zero), s / (gjj + eps), torch.zeros_like(s))
+        C[rows, j] = C[rows, j] - coef
+    return C

@@ -1,0 +1,10 @@
+"""The two hot-path primitives, ``gramian`` and ``weighted_sum``: the only places that pick a backend."""
+
+from .registry import (Backend, available_backends, backends, get_backend, register_backend,
+                       register_implementation, select, use_backend)
+from .primitives import gramian, gramian_of, weighted_sum, weighted_sum_of
+from . import _reference_backend  # noqa: F401  (registers the reference backend)
+
+__all__ = ["Backend", "available_backends", "backends", "get_backend", "register_backend",
+           "register_implementation", "select", "use_backend", "gramian", "gramian_of",
+           "weighted_sum", "weighted_sum_of"]

@@ -1,0 +1,155 @@
+"""Backend registry: one place that knows which implementation of a primitive may run where.
+
+A backend declares the devices and dtypes it handles, whether it is deterministic, an availability
+probe, and per-primitive implementations. Selection for one call, first match wins:
+
+1. an explicit ``backend=`` argument;
+2. the innermost :func:`use_backend` context;
+3. the ``FASTMTL_BACKEND`` environment variable (read once, at first use);
+4. automatic: the available backend of highest priority (cuda > triton > reference) that supports
+   the inputs.
+
+An explicit request (1–3) that cannot run raises ``RuntimeError`` listing every backend's reasons;
+automatic selection never fails because the reference runs everywhere. Under
+``torch.use_deterministic_algorithms(True)`` automatic selection skips backends that are not
+bitwise deterministic.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterator, List, Optional
+
+import torch
+
+from .._inputs import TaskGradients
+
+
+@dataclass
+class Backend:
+    """One family of implementations (reference, triton, cuda)."""
+
+    name: str
+    priority: int
+    devices: tuple
+    dtypes: tuple
+    deterministic: bool
+    probe: Callable[[], Optional[str]]  # returns None when usable, else why not
+    implementations: Dict[str, Callable] = field(default_factory=dict)
+    extra_reasons: Optional[Callable[[TaskGradients], List[str]]] = None
+    # Devices on which automatic selection may pick this backend (default: all of ``devices``).
+    # The Triton interpreter runs on CPU tensors but is far slower than the reference there, so
+    # it is used on CPU only when asked for explicitly.
+    automatic_devices: Optional[tuple] = None
+    _probe_result: object = field(default=..., repr=False)
+
+    def unavailable_reason(self) -> Optional[str]:
+        if self._probe_result is ...:
+            try:
+                self._probe_result = self.probe()
+            except Exception as exc:  # a broken optional dependency must not break imports
+                self._probe_result = f"availability probe failed: {exc!r}"
+        return self._probe_result
+
+    def not_supported_reasons(self, primitive: str, tg: Optional[TaskGradients]) -> List[str]:
+        reasons = []
+        why = self.unavailable_reason()
+        if why is not None:
+            reasons.append(why)
+        if primitive not in self.implementations:
+            reasons.append(f"no {primitive} implementation")
+        if tg is not None:
+            if tg.device.type not in self.devices:
+                reasons.append(f"runs on {'/'.join(self.devices)} tensors, got {tg.device.type}")
+            if tg.dtype not in self.dtypes:
+                reasons.append(f"does not handle dtype {tg.dtype}")
+            if self.extra_reasons is not None and not reasons:
+                reasons.extend(self.extra_reasons(tg))
+        return reasons
+
+
+_BACKENDS: Dict[str, Backend] = {}
+_CONTEXT_STACK: List[str] = []
+_ENV_CHOICE: List[Optional[str]] = []
+
+
+def register_backend(backend: Backend) -> Backend:
+    _BACKENDS[backend.name] = backend
+    return backend
+
+
+def register_implementation(backend_name: str, primitive: str, fn: Callable) -> None:
+    _BACKENDS[backend_name].implementations[primitive] = fn
+
+
+def get_backend(name: str) -> Backend:
+    try:
+        return _BACKENDS[name]
+    except KeyError:
+        raise ValueError(f"unknown backend {name!r}; known: {sorted(_BACKENDS)}") from None
+
+
+def backends() -> List[Backend]:
+    return sorted(_BACKENDS.values(), key=lambda b: -b.priority)
+
+
+def available_backends() -> List[str]:
+    """Names of the backends whose availability probe passes on this machine, best first."""
+    return [b.name for b in backends() if b.unavailable_reason() is None]
+
+
+@contextlib.contextmanager
+def use_backend(name: str) -> Iterator[None]:
+    """Run the enclosed ``combine``/``gramian``/``weighted_sum`` calls on backend ``name``."""
+    get_backend(name)
+    _CONTEXT_STACK.append(name)
+    try:
+        yield
+    finally:
+        _CONTEXT_STACK.pop()
+
+
+def _env_backend() -> Optional[str]:
+    if not _ENV_CHOICE:
+        value = os.environ.get("FASTMTL_BACKEND", "").strip().lower()
+        _ENV_CHOICE.append(value or None)
+    return _ENV_CHOICE[0]
+
+
+def requested_backend(explicit: Optional[str]) -> Optional[tuple]:
+    """``(name, source)`` of the backend requested for this call, or ``None`` for automatic."""
+    if explicit is not None:
+        return explicit, "backend= argument"
+    if _CONTEXT_STACK:
+        return _CONTEXT_STACK[-1], "use_backend() context"
+    env = _env_backend()
+    if env is not None and env != "auto":
+        return env, "FASTMTL_BACKEND environment variable"
+    return None
+
+
+def select(primitive: str, tg: TaskGradients, explicit: Optional[str] = None) -> Backend:
+    """The backend that runs ``primitive`` on ``tg`` (see the module docstring for the rules)."""
+    request = requested_backend(explicit)
+    if request is not None:
+        name, source = request
+        backend = get_backend(name)
+        reasons = backend.not_supported_reasons(primitive, tg)
+        if not reasons:
+            return backend
+        report = "; ".join(f"{b.name}: {', '.join(b.not_supported_reasons(primitive, tg)) or 'ok'}"
+                           for b in backends())
+        raise RuntimeError(f"backend {name!r} (from the {source}) cannot run {primitive} on these inputs: "
+                           f"{', '.join(reasons)}. Every backend: {report}")
+    deterministic_only = torch.are_deterministic_algorithms_enabled()
+    for backend in backends():
+        if deterministic_only and not backend.deterministic:
+            continue
+        auto_devices = backend.automatic_devices if backend.automatic_devices is not None else backend.devices
+        if tg.device.type not in auto_devices:
+            continue
+        if not backend.not_supported_reasons(primitive, tg):
+            return backend
+    raise RuntimeError(f"no backend can run {primitive}; this is a bug: the reference runs everywhere")
