@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch._dynamo.testing import CompileCounterWithBackend
 
 import fastmtl
 
@@ -17,7 +18,8 @@ def test_combine_fullgraph(method):
     def step(J, losses):
         return fastmtl.combine(J, method=method, losses=losses, backend="reference")
 
-    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(step, fullgraph=True, backend=counter)
     J = torch.randn(3, 64, dtype=torch.float64)
     losses = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
     torch.manual_seed(0)
@@ -27,3 +29,4 @@ def test_combine_fullgraph(method):
     if method not in ("pcgrad", "wpcgrad"):  # random orders: same seed, but RNG paths may differ
         torch.testing.assert_close(out, eager, rtol=1e-6, atol=1e-8)
     assert out.shape == (64,) and torch.isfinite(out).all()
+    assert counter.frame_count == 1 and counter.op_count > 0  # one graph, really traced
