@@ -1,0 +1,1 @@
+"""Benchmarks and offline experiments: ``python -m fastmtl.bench {demo,speed,toy,sweep}``."""

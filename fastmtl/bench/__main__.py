@@ -1,0 +1,155 @@
+"""``python -m fastmtl.bench``: speed tables and the offline experiments.
+
+Commands:
+  demo    a short speed table of ``combine`` (several methods vs the two-pass floor, the reference
+          backend and TorchJD) and a short run of the CAGrad 2-D toy (B1); a few minutes on 2 CPU cores
+  speed   the speed table at a chosen size (``--K``, ``--D``, ``--dtype``, ``--layout``, ``--device``)
+  toy     B1 in full: the CAGrad toy from five starts (official protocol: Adam lr 1e-3, 100k steps)
+  sweep   the sweep over K ∈ {2,4,8,16}, D ∈ {1e5,1e6,1e7,1e8}, fp32/bf16, flat and per-parameter
+          layouts, to CSV (``--out``)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+
+import torch
+
+from . import speed, toys
+
+DEMO_METHODS = ["mean", "pcgrad", "cagrad", "mgda", "upgrad", "dualproj", "imtl_g", "aligned_mtl"]
+
+
+def _device_name(device: str) -> str:
+    if device.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} threads"
+
+
+def cmd_speed(args) -> None:
+    dtype = getattr(torch, args.dtype)
+    methods = args.methods.split(",") if args.methods else DEMO_METHODS
+    print(f"# combine speed on {_device_name(args.device)} (torch {torch.__version__})")
+    rows = speed.run_speed(methods, args.K, int(args.D), dtype=dtype, device=args.device, layout=args.layout,
+                           backend=args.backend, reps=args.reps)
+    print(speed.format_table(rows))
+    if args.out:
+        speed.write_csv(rows, args.out)
+        print(f"wrote {args.out}")
+
+
+def cmd_toy(args) -> None:
+    methods = args.methods.split(",") if args.methods else list(toys.TOY_METHODS)
+    starts = toys.CAGRAD_STARTS if args.starts == "all" else toys.CAGRAD_STARTS[: int(args.starts)]
+    print(f"# B1 CAGrad toy: Adam lr {args.lr}, {args.steps} steps, {len(starts)} starts")
+    t = time.time()
+    results = toys.cagrad_toy_table(methods, steps=args.steps, lr=args.lr, starts=starts,
+                                    record_every=max(1, args.steps // 200))
+    print(toys.format_cagrad_table(results, methods, starts))
+    print(f"(final x and mean loss; ✓ = within 0.01 of the average-loss optimum {toys.CAGRAD_OPTIMUM}; "
+          f"{time.time() - t:.0f} s)")
+    if args.plot:
+        os.makedirs(os.path.dirname(args.plot) or ".", exist_ok=True)
+        if toys.plot_cagrad_trajectories(results, methods, args.plot):
+            print(f"wrote {args.plot}")
+
+
+def cmd_demo(args) -> None:
+    args.K, args.D, args.layout, args.backend, args.methods = 8, args.D, "matrix", None, None
+    cmd_speed(args)
+    print()
+    args.methods = "mean,cagrad"
+    cmd_toy(args)
+
+
+def cmd_sweep(args) -> None:
+    dev = args.device
+    Ks = [int(k) for k in args.Ks.split(",")]
+    Ds = [int(float(d)) for d in args.Ds.split(",")]
+    dtypes = [getattr(torch, d) for d in args.dtypes.split(",")]
+    layouts = args.layouts.split(",")
+    methods = args.methods.split(",") if args.methods else ["mean", "pcgrad", "cagrad", "upgrad"]
+    rows = []
+    total = len(Ks) * len(Ds) * len(dtypes) * len(layouts)
+    i = 0
+    for D in Ds:
+        for K in Ks:
+            for dtype in dtypes:
+                for layout in layouts:
+                    i += 1
+                    need = K * D * torch.tensor([], dtype=dtype).element_size() * (2 if layout == "params" else 1)
+                    if dev == "cpu" and need > args.max_bytes or dev != "cpu" and need > 0.6 * torch.cuda.mem_get_info()[0]:
+                        print(f"[{i}/{total}] skip K={K} D={D:.0e} {dtype} {layout}: {need / 1e9:.1f} GB", file=sys.stderr)
+                        continue
+                    print(f"[{i}/{total}] K={K} D={D:.0e} {dtype} {layout}", file=sys.stderr, flush=True)
+                    rows += speed.run_speed(methods, K, D, dtype=dtype, device=dev, layout=layout,
+                                            backend=args.backend, reps=args.reps, progress=False)
+                    if dev != "cpu":
+                        torch.cuda.empty_cache()
+    print(speed.format_table(rows))
+    if args.out and rows:
+        speed.write_csv(rows, args.out)
+        print(f"wrote {args.out}")
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m fastmtl.bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common_speed(p, D):
+        p.add_argument("--D", type=float, default=D)
+        p.add_argument("--dtype", default="float32")
+        p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+        p.add_argument("--reps", type=int, default=7)
+        p.add_argument("--out", default=None, help="CSV path")
+
+    p = sub.add_parser("demo", help="short speed table + short B1 toy run")
+    common_speed(p, 1e6)
+    p.add_argument("--steps", type=int, default=6000)
+    p.add_argument("--lr", type=float, default=1e-2)
+    p.add_argument("--starts", default="3")
+    p.add_argument("--plot", default=None)
+    p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser("speed", help="speed table at one size")
+    common_speed(p, 4e6)
+    p.add_argument("--K", type=int, default=8)
+    p.add_argument("--layout", default="matrix", choices=["matrix", "params"])
+    p.add_argument("--backend", default=None)
+    p.add_argument("--methods", default=None)
+    p.set_defaults(fn=cmd_speed)
+
+    p = sub.add_parser("toy", help="B1 CAGrad toy")
+    p.add_argument("--methods", default=None)
+    p.add_argument("--steps", type=int, default=100_000)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--starts", default="all")
+    p.add_argument("--plot", default="bench_out/b1_cagrad_toy.png")
+    p.set_defaults(fn=cmd_toy)
+
+    p = sub.add_parser("sweep", help="K × D × dtype × layout sweep")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--Ks", default="2,4,8,16")
+    p.add_argument("--Ds", default="1e5,1e6,1e7,1e8")
+    p.add_argument("--dtypes", default="float32,bfloat16")
+    p.add_argument("--layouts", default="matrix,params")
+    p.add_argument("--methods", default=None)
+    p.add_argument("--backend", default=None)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--max-bytes", type=float, default=2e9, help="CPU: skip sizes whose gradients exceed this")
+    p.add_argument("--out", default="bench_out/sweep.csv")
+    p.set_defaults(fn=cmd_sweep)
+
+    args = parser.parse_args(argv)
+    if getattr(args, "out", None):
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()
