@@ -27,11 +27,21 @@ $(VENV)/.deps-installed:
 	$(PIP) install --upgrade "pip>=23" "setuptools>=64" wheel
 	# torch first, alone and pinned, so nothing else can pull a different build.
 	$(PIP) install "$(TORCH_SPEC)"
-	$(PIP) install "$(TRITON_SPEC)" "$(NUMPY_SPEC)" "$(TORCH_SPEC)"
+	# The GPU machines' Triton, whose interpreter needs numpy < 2.4. torch's wheel asks for a newer
+	# Triton, so this one is installed without dependency resolution, then checked by importing it.
+	$(PIP) install --no-deps "$(TRITON_SPEC)"
+	$(PIP) install "$(NUMPY_SPEC)"
+	$(PY) -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 	touch $@
 
 $(STAMP): $(VENV)/.deps-installed pyproject.toml setup.py $(wildcard csrc/*)
-	$(PIP) install -e ".[dev,bench]" --no-build-isolation "$(TORCH_SPEC)" "$(TRITON_SPEC)" "$(NUMPY_SPEC)"
+	# Dependencies already satisfied (torch, triton) are kept as installed: pip is not asked for
+	# torch here, so it does not re-resolve torch's own pins.
+	$(PIP) install -e ".[dev,bench]" --no-build-isolation "$(NUMPY_SPEC)"
+	# Packages that depend on torch (TorchJD) make pip re-resolve torch's own Triton pin and upgrade
+	# Triton; put the pinned one back last.
+	$(PIP) install --no-deps --force-reinstall "$(TRITON_SPEC)"
+	$(PY) -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__); assert torch.__version__.startswith('$(subst torch==,,$(TORCH_SPEC))')"
 	$(PY) -m fastmtl.info || true
 	touch $@
 
