@@ -27,8 +27,9 @@ class WeightedPCGrad(Method):
 
     With two tasks this is exactly "with probability ``p_i`` task ``i`` is kept and the other is
     projected", and uniform ``p`` is the uniform-projection baseline. ``project_against="modified"``
-    (default) projects against the already-deconflicted higher-priority vectors, which guarantees
-    ``⟨p̂_{π_r}, p̂_{π_s}⟩ ≥ 0``; ``"original"`` projects against the original gradients as PCGrad.
+    (default) projects against the already-deconflicted higher-priority vectors (after its last
+    projection a vector does not conflict with that one; an earlier projection target can conflict
+    again, as in PCGrad); ``"original"`` projects against the original gradients as PCGrad.
 
     Priorities: ``priorities`` if given (static task weights); else dynamic ``p_i ∝ ℓ_i^γ`` from
     the losses: the previous epoch's average losses when :meth:`end_epoch` has been called on a
