@@ -18,7 +18,8 @@ class CombineInfo:
     """What ``combine(..., return_info=True)`` reports alongside the direction.
 
     Attributes:
-        weights: λ, shape ``[K]`` (float64): the direction is ``Σ_k λ_k g_k``.
+        weights: λ, shape ``[K]`` (float64): the direction is ``Σ_k λ_k g_k``; ``None`` for
+            methods whose direction is not one combination of the task gradients (GradDrop).
         gram: ``G = J Jᵀ`` as accumulated (float32, or float64 for float64 gradients).
         cosine: ``G_ij / (‖g_i‖‖g_j‖)``, 0 where a norm is 0.
         method: the method instance used (holds its state for stateful methods).
@@ -75,6 +76,16 @@ def combine(grads: Any, method: Any = "mean", *, losses: Any = None,
     loss_vec = losses_tensor(losses, K, tg.device)
     if loss_vec is not None and check_finite and not bool(torch.isfinite(loss_vec).all()):
         raise ValueError("non-finite task losses: " + str(loss_vec.tolist()))
+
+    if m.gram_free_direction:
+        parts, lam, G = m.direction(tg, losses=loss_vec, generator=generator, out=targets, backend=backend)
+        direction = assemble(tg, parts)
+        if not return_info:
+            return direction
+        if G is None:
+            G = gramian_of(tg, backend)
+        return direction, CombineInfo(weights=lam, gram=G, cosine=cosine_from_gram(G), method=m,
+                                      backend=select("weighted_sum", tg, backend).name)
 
     G = None
     reference_dots = None

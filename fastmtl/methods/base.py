@@ -22,7 +22,10 @@ class Method:
     * ``uses_reference``: the method needs dot products ``⟨v, g_k⟩`` with an external
       reference vector ``self.reference`` (passed to :meth:`weights` as ``reference_dots``);
     * ``stateful``: instances keep state across steps; keep the instance and pass it as
-      ``method=instance``.
+      ``method=instance``;
+    * ``gram_free_direction``: the method is not "Gram → λ → Jᵀλ" (GradDrop's elementwise masks,
+      DB-MTL's combination of a state buffer, per-block methods); it overrides
+      :meth:`direction` and receives the validated gradients themselves.
     """
 
     name: ClassVar[str] = ""
@@ -31,7 +34,20 @@ class Method:
     uses_reference: ClassVar[bool] = False
     stateful: ClassVar[bool] = False
 
+    gram_free_direction: ClassVar[bool] = False
+
     reference = None
+
+    def direction(self, tg, *, losses: Optional[torch.Tensor] = None,
+                  generator: Optional[torch.Generator] = None, out=None, backend: Optional[str] = None):
+        """For ``gram_free_direction`` methods: ``(parts, weights_or_None, gram_or_None)``.
+
+        ``tg`` is a :class:`fastmtl._inputs.TaskGradients`; ``parts`` is one tensor per parameter
+        (``None`` where no task has a gradient), written into ``out[p]`` when ``out`` is given.
+        Use :func:`fastmtl.ops.gramian_of` / :func:`fastmtl.ops.weighted_sum_of` for the passes so
+        that backend selection applies.
+        """
+        raise NotImplementedError
 
     def weights(self, G: Optional[torch.Tensor], *, losses: Optional[torch.Tensor] = None,
                 generator: Optional[torch.Generator] = None,
