@@ -15,6 +15,16 @@ from .imtl_g import IMTLG
 from .upgrad import DualProj, UPGrad
 from .aligned_mtl import AlignedMTL
 from .hydalearn import HydaLearn
+from .nash_mtl import NashMTL
+from .gradvac import GradVac
+from .config import ConFIG
+from .db_mtl import DBMTL
+from .olaux import OLAUX
+from .gradnorm import GradNorm
+from .gemtl import GeMTL
+from .loss_weighting import DWA, RLW, UW
+from .famo import FAMO
+from .slgrad import SLGrad
 
 METHODS: Dict[str, Type[Method]] = {}
 
@@ -25,7 +35,8 @@ def register_method(cls: Type[Method]) -> Type[Method]:
     return cls
 
 
-for _cls in (Mean, Sum, PCGrad, WeightedPCGrad, CAGrad, MGDA, IMTLG, UPGrad, DualProj, AlignedMTL, HydaLearn):
+for _cls in (Mean, Sum, PCGrad, WeightedPCGrad, CAGrad, MGDA, IMTLG, UPGrad, DualProj, AlignedMTL, HydaLearn, SLGrad,
+             NashMTL, GradVac, ConFIG, DBMTL, OLAUX, GradNorm, GeMTL, UW, DWA, RLW, FAMO):
     register_method(_cls)
 
 
@@ -53,4 +64,5 @@ def make_method(method, hyperparameters: dict) -> Method:
 
 
 __all__ = ["Method", "METHODS", "register_method", "make_method", "Mean", "Sum", "PCGrad",
-           "WeightedPCGrad", "CAGrad", "MGDA", "IMTLG", "UPGrad", "DualProj", "AlignedMTL", "HydaLearn"]
+           "WeightedPCGrad", "CAGrad", "MGDA", "IMTLG", "UPGrad", "DualProj", "AlignedMTL", "HydaLearn", "SLGrad",
+           "NashMTL", "GradVac", "ConFIG", "DBMTL", "OLAUX", "GradNorm", "GeMTL", "UW", "DWA", "RLW", "FAMO"]

@@ -654,3 +654,314 @@ def hydalearn_literal(J, *, main_task: int = 0, reference=None, normalize: str =
         for k in range(K):
             w[k] = 1.0 if k == main_task else pos[k] / delta[main_task]
     return _combine(J, w)
+
+
+# ------------------------------------------------------------------------------------------------
+# Nash-MTL, GradVac, ConFIG, DB-MTL, OL-AUX, GradNorm, GeMTL, FAMO
+# ------------------------------------------------------------------------------------------------
+
+__all__ += [
+    "nash_mtl_literal",
+    "gradvac_literal",
+    "config_literal",
+    "db_mtl_literal",
+    "olaux_literal",
+    "gradnorm_literal",
+    "gemtl_literal",
+    "famo_literal",
+]
+
+
+def nash_mtl_literal(J, *, zero_tol: float = 1e-12):
+    """Nash-MTL bargaining weights, Navon et al., "Multi-Task Learning as a Bargaining Game"
+    (ICML 2022): ``α > 0`` with ``α_i ⟨g_i, Σ_j α_j g_j⟩ = 1`` for every task.
+
+    Test oracle. Tasks with ``‖g_i‖² ≤ zero_tol · max_j ‖g_j‖²`` get ``α_i = 0`` and are left out.
+    For the others, with unit vectors ``u_i = g_i/‖g_i‖``, ``β = ‖g‖∘α`` is the minimiser of the
+    strictly convex ``½‖Σ β_i u_i‖² − Σ log β_i`` (its stationarity condition is the bargaining
+    condition), solved as a convex program with cvxpy (Clarabel, on the vectors in ``R^D``) and
+    refined by three Newton steps on ``β∘(Cβ) = 1`` in numpy. Returns ``α`` as a float64 ``[K]``
+    tensor, or ``None`` when no solution exists (0 in the convex hull of the gradients: the convex
+    program is unbounded).
+    """
+    import cvxpy as cp
+    import numpy as np
+
+    J = _as64(J)
+    K = J.shape[0]
+    sq = [_dot(J[i], J[i]) for i in range(K)]
+    top = max(sq)
+    live = [i for i in range(K) if top > 0 and sq[i] > zero_tol * top]
+    alpha = np.zeros(K)
+    if not live:
+        return torch.from_numpy(alpha)
+    norms = np.array([math.sqrt(sq[i]) for i in live])
+    U = np.stack([(J[i] / math.sqrt(sq[i])).numpy() for i in live])        # live unit gradients
+    beta = cp.Variable(len(live))
+    problem = cp.Problem(cp.Minimize(0.5 * cp.sum_squares(U.T @ beta) - cp.sum(cp.log(beta))))
+    try:
+        problem.solve(solver=cp.CLARABEL)
+    except cp.error.SolverError:
+        return None
+    if problem.status not in ("optimal", "optimal_inaccurate") or beta.value is None:
+        return None
+    b = np.asarray(beta.value, dtype=np.float64)
+    C = U @ U.T
+    if not np.all(np.isfinite(b)):
+        return None
+    for _ in range(3):                       # Newton on F(β) = β∘(Cβ) − 1
+        Cb = C @ b
+        F = b * Cb - 1.0
+        Jac = np.diag(Cb) + b[:, None] * C
+        try:
+            b = b - np.linalg.solve(Jac, F)
+        except np.linalg.LinAlgError:        # singular: the convex program had no true minimiser
+            return None
+    if not (np.all(np.isfinite(b)) and np.all(b > 0) and np.max(np.abs(b * (C @ b) - 1.0)) < 1e-8):
+        return None
+    alpha[live] = b / norms
+    return torch.from_numpy(alpha)
+
+
+def gradvac_literal(J, orders, targets, *, beta: float = 0.5, eps: float = 1e-8, blocks=None):
+    """GradVac, Wang et al., "Gradient Vaccine" (ICLR 2021), in LibMTL's form (one step).
+
+    Test oracle. For every task ``i``: ``p_i = g_i``; for each other task ``j`` in ``orders[i]``
+    and each parameter block ``k`` (``blocks``: a list of ``(start, end)`` column ranges; default
+    one block, the whole vector), with ``φ = ⟨p_i, g_j⟩ / (‖p_i‖‖g_j‖ + eps)`` on block ``k`` and
+    the target ``φ̂ = targets[k, i, j]``: if ``φ < φ̂`` (and ``g_j ≠ 0`` on the block),
+    ``p_i += g_j · ‖p_i‖(φ̂√(1−φ²) − φ√(1−φ̂²)) / (‖g_j‖√(1−φ̂²) + eps)`` on the block; then
+    ``targets[k, i, j] ← (1−β)φ̂ + βφ``. ``d = Σ_i p_i``.
+
+    ``targets`` is ``[K, K]`` (one block) or ``[B, K, K]``. Returns ``(d, new_targets)`` with the
+    targets in the shape given.
+    """
+    J = _as64(J)
+    K, D = J.shape
+    orders = torch.as_tensor(orders, dtype=torch.long).cpu()
+    T = torch.as_tensor(targets, dtype=torch.float64).cpu().clone()
+    squeeze = T.dim() == 2
+    if squeeze:
+        T = T[None]
+    blocks = [(0, D)] if blocks is None else [(int(s), int(e)) for s, e in blocks]
+    if T.shape[0] != len(blocks):
+        raise ValueError("one target matrix per block is needed")
+    g = _rows(J)
+    projected = []
+    for i in range(K):
+        p = g[i].clone()
+        for j in orders[i].tolist():
+            for k, (s, e) in enumerate(blocks):
+                pi, gj = p[s:e], g[j][s:e]
+                pn = math.sqrt(max(_dot(pi, pi), 0.0))
+                gn = math.sqrt(_dot(gj, gj))
+                den = pn * gn + eps
+                phi = _dot(pi, gj) / den if den > 0 else 0.0
+                tgt = float(T[k, i, j])
+                if phi < tgt and gn > 0:
+                    s_phi = math.sqrt(max(1.0 - phi * phi, 0.0))
+                    s_tgt = math.sqrt(max(1.0 - tgt * tgt, 0.0))
+                    w = pn * (tgt * s_phi - phi * s_tgt) / (gn * s_tgt + eps)
+                    p[s:e] = pi + w * gj
+                T[k, i, j] = (1.0 - beta) * tgt + beta * phi
+        projected.append(p)
+    d = torch.zeros(D, dtype=torch.float64)
+    for p in projected:
+        d += p
+    return d, (T[0] if squeeze else T)
+
+
+def config_literal(J, pref=None) -> torch.Tensor:
+    """ConFIG, Liu, Chu, Thuerey, "ConFIG: Towards Conflict-free Training of Physics Informed
+    Neural Networks" (ICLR 2025), with the official ``EqualWeight`` / ``ProjectionLength`` models.
+
+    Test oracle: unit vectors ``u_i = g_i/‖g_i‖`` (zero rows stay zero), ``x`` = the minimum-norm
+    least-squares solution of ``U x = w`` (``w = 1`` or ``pref``) by ``torch.linalg.lstsq``
+    (``gelsd``), ``x̂ = x/‖x‖``, ``d = (Σ_i ⟨g_i, x̂⟩) x̂``; ``d = 0`` when ``x = 0``.
+    """
+    J = _as64(J)
+    K, D = J.shape
+    U = torch.zeros_like(J)
+    for i in range(K):
+        n = math.sqrt(_dot(J[i], J[i]))
+        if n > 0:
+            U[i] = J[i] / n
+    w = torch.ones(K, dtype=torch.float64) if pref is None else torch.as_tensor(pref, dtype=torch.float64)
+    x = torch.linalg.lstsq(U, w[:, None], driver="gelsd").solution[:, 0]
+    xn = math.sqrt(_dot(x, x))
+    if xn == 0.0:
+        return torch.zeros(D, dtype=torch.float64)
+    xhat = x / xn
+    length = sum(_dot(J[i], xhat) for i in range(K))
+    return length * xhat
+
+
+def db_mtl_literal(J_steps, loss_steps, *, beta: float = 0.9, sigma: float = 0.0, eps: float = 1e-8) -> list:
+    """DB-MTL, Lin et al., "Dual-Balancing for Multi-Task Learning" (arXiv 2308.12029), LibMTL form.
+
+    Test oracle over several steps ``t = 1, 2, …`` (one ``[K, D]`` matrix and K losses per step):
+    ``ĝ_i = g_i / (ℓ_i + eps)`` (gradient of ``log(ℓ_i + eps)``),
+    ``M_i ← ĝ_i + (β / t^σ)(M_i − ĝ_i)`` (``M`` starts at 0),
+    ``α_i = max_j ‖M_j‖ / (‖M_i‖ + eps)``, ``d_t = Σ_i α_i M_i``. Returns the list of ``d_t``.
+    """
+    out = []
+    M = None
+    for t, (J, losses) in enumerate(zip(J_steps, loss_steps), start=1):
+        J = _as64(J)
+        K = J.shape[0]
+        losses = [float(v) for v in torch.as_tensor(losses, dtype=torch.float64).reshape(-1)]
+        if M is None:
+            M = [torch.zeros(J.shape[1], dtype=torch.float64) for _ in range(K)]
+        c = beta / (t ** sigma)
+        for i in range(K):
+            g_hat = J[i] / (losses[i] + eps)
+            M[i] = g_hat + c * (M[i] - g_hat)
+        norms = [math.sqrt(_dot(M[i], M[i])) for i in range(K)]
+        top = max(norms)
+        d = torch.zeros(J.shape[1], dtype=torch.float64)
+        for i in range(K):
+            d += (top / (norms[i] + eps)) * M[i]
+        out.append(d)
+    return out
+
+
+def olaux_literal(J_steps, *, main_task: int = 0, horizon: int = 5, lr: float = 0.1, model_lr: float = 0.01,
+                  init_weight: float = 1.0, nonnegative: bool = False, optimizer: str = "sgd") -> list:
+    """OL-AUX, Lin et al., "Adaptive Auxiliary Task Weighting for Reinforcement Learning"
+    (NeurIPS 2019), Algorithm 1 with the first-order weight gradient.
+
+    Test oracle over several steps: ``d_t = g_main + Σ_{k≠main} w_k g_k`` with the current weights;
+    ``acc_k += ⟨g_main, g_k⟩``; every ``horizon`` steps the weight gradient ``−model_lr · acc`` is
+    applied by ``torch.optim.SGD(lr)`` (or ``torch.optim.Adam(lr)``) to the auxiliary weights,
+    ``acc`` is cleared, and with ``nonnegative`` the weights are clamped at 0. Returns the list of
+    ``d_t``.
+    """
+    out = []
+    w = acc = opt = None
+    count = 0
+    for J in J_steps:
+        J = _as64(J)
+        K = J.shape[0]
+        if w is None:
+            w = torch.nn.Parameter(torch.full((K,), float(init_weight), dtype=torch.float64))
+            acc = [0.0] * K
+            opt = (torch.optim.SGD([w], lr=lr) if optimizer == "sgd" else torch.optim.Adam([w], lr=lr))
+        coeffs = [1.0 if k == main_task else float(w.detach()[k]) for k in range(K)]
+        out.append(_combine(J, coeffs))
+        for k in range(K):
+            if k != main_task:
+                acc[k] += _dot(J[main_task], J[k])
+        count += 1
+        if count == horizon:
+            grad = torch.tensor([0.0 if k == main_task else -model_lr * acc[k] for k in range(K)],
+                                dtype=torch.float64)
+            opt.zero_grad()
+            w.grad = grad
+            opt.step()
+            with torch.no_grad():
+                w[main_task] = 1.0
+                if nonnegative:
+                    w.clamp_(min=0.0)
+            acc = [0.0] * K
+            count = 0
+    return out
+
+
+def gradnorm_literal(J_steps, loss_steps, *, alpha: float = 1.5, lr: float = 0.01, variant: str = "paper",
+                     optimizer: str = "sgd", columns=None, initial_losses=None) -> list:
+    """GradNorm, Chen et al., "GradNorm: Gradient Normalization for Adaptive Loss Balancing in Deep
+    Multitask Networks" (ICML 2018), with autograd on the GradNorm loss.
+
+    Test oracle over several steps. Weights ``w`` (``variant="paper"``: a parameter, init 1;
+    ``"libmtl"``: ``w = K·softmax(s)`` with logits ``s``, init 0). Per step, with ``W`` the
+    columns ``columns = (start, end)`` (default all): ``G_i = ‖w_i g_i^W‖``, the target
+    ``mean_j G_j · r_i^α`` with ``r_i = (ℓ_i/ℓ_i(0)) / mean_j(ℓ_j/ℓ_j(0))`` is *detached*,
+    ``L_grad = Σ_i |G_i − target_i|`` is differentiated by autograd and one ``torch.optim`` step
+    (SGD or Adam, ``lr``) is taken; the paper variant then renormalises ``w ← K w/Σw`` (or resets
+    ``w = 1`` when ``Σw ≤ 0``, fastmtl's documented guard). The
+    direction of the step is ``d_t = Σ_i w_i(t) g_i`` with the weights before the update.
+    ``ℓ(0)`` is ``initial_losses`` or the first step's losses. Returns the list of ``d_t``.
+    """
+    out = []
+    param = opt = l0 = None
+    for J, losses in zip(J_steps, loss_steps):
+        J = _as64(J)
+        K, D = J.shape
+        s, e = (0, D) if columns is None else columns
+        losses = torch.as_tensor(losses, dtype=torch.float64).reshape(-1).clone()
+        if param is None:
+            init = 1.0 if variant == "paper" else 0.0
+            param = torch.nn.Parameter(torch.full((K,), init, dtype=torch.float64))
+            opt = torch.optim.SGD([param], lr=lr) if optimizer == "sgd" else torch.optim.Adam([param], lr=lr)
+            l0 = losses.clone() if initial_losses is None else torch.as_tensor(initial_losses, dtype=torch.float64)
+        w = param if variant == "paper" else K * torch.softmax(param, 0)
+        out.append(_combine(J, [float(v) for v in w.detach()]))
+        Gw = torch.stack([torch.linalg.vector_norm(w[i] * J[i, s:e]) for i in range(K)])
+        ratio = losses / l0
+        r = ratio / ratio.mean()
+        target = (Gw.mean() * r ** alpha).detach()
+        L_grad = (Gw - target).abs().sum()
+        opt.zero_grad()
+        L_grad.backward()
+        opt.step()
+        if variant == "paper":
+            with torch.no_grad():
+                total = float(param.sum())
+                if total > 0:
+                    param.mul_(K / total)
+                else:                        # fastmtl's guard: a non-positive sum resets to 1
+                    param.fill_(1.0)
+    return out
+
+
+def gemtl_literal(losses, p: float, *, band: float = 0.1) -> torch.Tensor:
+    """GeMTL: the weights ``λ = ∂M_p(ℓ)/∂ℓ`` of the generalized mean of positive losses.
+
+    Test oracle: ``M_p = ((1/K) Σ ℓ_i^p)^{1/p}`` computed directly (not in log space), or the
+    geometric mean ``(Π ℓ_i)^{1/K}`` when ``|p| < band``, differentiated by autograd in float64.
+    Returns ``λ`` (float64 ``[K]``); the direction is ``Σ λ_i g_i``.
+    """
+    l = torch.as_tensor(losses, dtype=torch.float64).reshape(-1).clone().requires_grad_(True)
+    K = l.shape[0]
+    if abs(p) < band:
+        M = torch.prod(l) ** (1.0 / K)
+    else:
+        M = (torch.sum(l ** p) / K) ** (1.0 / p)
+    (grad,) = torch.autograd.grad(M, l)
+    return grad.detach()
+
+
+def famo_literal(loss_pairs, *, w_lr: float = 0.025, gamma: float = 1e-3, min_losses=None) -> list:
+    """FAMO, Liu et al., "FAMO: Fast Adaptive Multitask Optimization" (NeurIPS 2023), in the form
+    of the official code (float64).
+
+    Test oracle over several steps; ``loss_pairs`` is a list of ``(losses, losses_after_step)``.
+    Logits ``w`` (init 0) with ``torch.optim.Adam(lr=w_lr, weight_decay=gamma)``. Per step:
+    ``z = softmax(w)``, ``D = ℓ − ℓ_min + 1e-8``, ``c = Σ z/D`` (detached); the weights are the
+    autograd gradient of ``Σ_i z_i log D_i / c`` with respect to the losses. Then
+    ``δ = log D(old) − log D(new)``, the logits gradient is the vector–Jacobian product of
+    ``softmax`` with ``δ``, and one Adam step is taken. Returns the list of weight vectors.
+    """
+    out = []
+    w = opt = None
+    for losses, new_losses in loss_pairs:
+        l = torch.as_tensor(losses, dtype=torch.float64).reshape(-1).clone().requires_grad_(True)
+        K = l.shape[0]
+        if w is None:
+            w = torch.nn.Parameter(torch.zeros(K, dtype=torch.float64))
+            opt = torch.optim.Adam([w], lr=w_lr, weight_decay=gamma)
+        lmin = torch.zeros(K, dtype=torch.float64) if min_losses is None else torch.as_tensor(
+            min_losses, dtype=torch.float64)
+        z = torch.softmax(w, -1).detach()
+        D = l - lmin + 1e-8
+        c = (z / D).sum().detach()
+        loss = (D.log() * z / c).sum()
+        (lam,) = torch.autograd.grad(loss, l)
+        out.append(lam.detach())
+        new = torch.as_tensor(new_losses, dtype=torch.float64).reshape(-1)
+        delta = (l.detach() - lmin + 1e-8).log() - (new - lmin + 1e-8).log()
+        (g,) = torch.autograd.grad(torch.softmax(w, -1), w, grad_outputs=delta)
+        opt.zero_grad()
+        w.grad = g
+        opt.step()
+    return out

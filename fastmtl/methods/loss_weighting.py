@@ -1,0 +1,173 @@
+"""Loss-based weightings that need no Gram matrix: uncertainty weighting (Kendall et al., CVPR 2018),
+dynamic weight average (Liu et al., CVPR 2019) and random loss weighting (Lin et al., TMLR 2022)."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+
+from .._inputs import losses_tensor
+from .base import Method, check_positive
+from .famo import check_num_tasks
+from .simple import _shape
+
+
+class UW(Method):
+    """Uncertainty weighting (Kendall, Gal, Cipolla, CVPR 2018). Loss-only, no Gram pass.
+
+    Learned log-variances ``s_i = log σ_i²``; the loss ``Σ_i ½ e^{−s_i} ℓ_i + ½ s_i`` gives the task
+    gradients the weights ``λ_i = ½ e^{−s_i}`` and ``s`` the gradient ``½ − ½ e^{−s_i} ℓ_i`` (fixed
+    point ``s_i = log ℓ_i``). ``λ`` is returned detached; ``s`` is trained in one of two ways:
+
+    * ``s`` is an ``nn.Parameter`` (:attr:`s`, also :meth:`parameters`) that you add to your
+      optimizer, and each step you back-propagate :meth:`loss_term` ``(losses)`` =
+      ``Σ_i ½ e^{−s_i} ℓ_i.detach() + ½ s_i`` along with the model loss: its gradient with respect
+      to ``s`` is exactly the paper's, and it adds nothing to the model's gradients (the default;
+      ``lr=None``);
+    * with ``lr`` set, each call takes the closed-form SGD step
+      ``s ← s − lr(½ − ½ e^{−s} ℓ)`` itself, after computing λ (the optimizer never sees ``s``).
+
+    ``s`` is created by the constructor when ``num_tasks`` is given (so that it can be handed to an
+    optimizer up front, and so that no parameter is created inside a ``torch.compile`` region),
+    otherwise on the first call. Init ``init = 0`` (nash-mtl; LibMTL uses −0.5).
+    Scale: ``λ = ½`` per task at init (the regression form; the paper's classification form would be
+    ``e^{−s}``, i.e. twice as large).
+    """
+
+    name = "uw"
+    requires_gram = False
+    uses_losses = True
+    stateful = True
+
+    def __init__(self, num_tasks: Optional[int] = None, init: float = 0.0, lr: Optional[float] = None,
+                 device=None):
+        if num_tasks is not None and (isinstance(num_tasks, bool) or not isinstance(num_tasks, int)
+                                      or num_tasks < 1):
+            raise ValueError(f"num_tasks must be None or an int ≥ 1, got {num_tasks!r}")
+        self.init = float(init)
+        if self.init != self.init or abs(self.init) == float("inf"):
+            raise ValueError(f"init must be finite, got {init}")
+        self.lr = None if lr is None else check_positive("lr", lr, allow_zero=False)
+        self.s: Optional[torch.nn.Parameter] = None
+        if num_tasks is not None:
+            self._make(num_tasks, device)
+
+    def _make(self, K: int, device) -> None:
+        self.s = torch.nn.Parameter(torch.full((K,), self.init, dtype=torch.float64, device=device))
+
+    def parameters(self) -> List[torch.nn.Parameter]:
+        """``[s]`` for the optimizer (empty before ``s`` exists)."""
+        return [] if self.s is None else [self.s]
+
+    def loss_term(self, losses) -> torch.Tensor:
+        """``Σ ½ e^{−s_i} ℓ_i.detach() + ½ s_i``: back-propagate it to train ``s``."""
+        if self.s is None:
+            raise RuntimeError("UW.s does not exist yet: pass num_tasks= or call combine() first")
+        l = losses_tensor(losses, self.s.shape[0], self.s.device).to(self.s.dtype)
+        return (0.5 * torch.exp(-self.s) * l + 0.5 * self.s).sum()
+
+    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None):
+        K, device = _shape(G, num_tasks, losses)
+        if self.s is None:
+            self._make(K, device)
+        check_num_tasks("UW", self.s.shape[0], K)
+        s = self.s.detach().to(device=device, dtype=torch.float64)
+        lam = 0.5 * torch.exp(-s)
+        if self.lr is not None:
+            if losses is None:
+                raise ValueError("uw with lr= updates s from the task losses: combine(..., losses=...)")
+            grad = 0.5 - lam * losses.to(device=device, dtype=torch.float64)
+            with torch.no_grad():
+                self.s.sub_((self.lr * grad).to(device=self.s.device, dtype=self.s.dtype))
+        return lam
+
+
+class DWA(Method):
+    """Dynamic weight average (Liu, Johns, Davison, CVPR 2019 "MTAN"). Loss-only, no Gram pass.
+
+    ``r_i = L̄_i(e−1) / L̄_i(e−2)`` with ``L̄`` the epoch-averaged training losses (averaged over the
+    calls of an epoch; close an epoch with :meth:`end_epoch`), ``λ_i = K exp(r_i/T) / Σ_j exp(r_j/T)``,
+    ``T = 2``, and ``λ = 1`` during the first two epochs. **Σλ = K.**
+
+    ``window = n`` gives the nash-mtl variant instead: the last ``2n`` calls' losses in a sliding
+    window (initialised to ones), ``r = mean(last n) / mean(previous n)``, weights recomputed once
+    more than ``n`` calls have been seen (``λ = 1`` before); no :meth:`end_epoch` needed. (nash-mtl
+    then averages the weighted losses, i.e. scales by ``1/K``; fastmtl keeps ``Σλ = K``.)
+
+    State: the current epoch's loss sum and count and the last two epoch averages (or the window).
+    A zero average loss is clamped at 1e-12 in the ratio.
+    """
+
+    name = "dwa"
+    requires_gram = False
+    uses_losses = True
+    stateful = True
+
+    def __init__(self, temperature: float = 2.0, window: Optional[int] = None):
+        self.temperature = check_positive("temperature", temperature, allow_zero=False)
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+            raise ValueError(f"window must be None or an int ≥ 1, got {window!r}")
+        self.window = window
+        self.reset()
+
+    def reset(self) -> None:
+        self._epoch_sum: Optional[torch.Tensor] = None
+        self._epoch_count = 0
+        self._history: List[torch.Tensor] = []
+        self._costs: Optional[torch.Tensor] = None
+        self._calls = 0
+        self._current: Optional[torch.Tensor] = None
+        self._K: Optional[int] = None
+
+    def end_epoch(self) -> None:
+        """Close the epoch: its average losses drive the next epoch's weights."""
+        if self._epoch_count:
+            self._history = (self._history + [self._epoch_sum / self._epoch_count])[-2:]
+        self._epoch_sum, self._epoch_count = None, 0
+
+    def _softmax_weights(self, r: torch.Tensor) -> torch.Tensor:
+        return r.shape[0] * torch.softmax(r / self.temperature, 0)
+
+    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None):
+        if losses is None:
+            raise ValueError("dwa needs the task losses: combine(..., losses=...)")
+        K, device = _shape(G, num_tasks, losses)
+        check_num_tasks("DWA", self._K, K)
+        self._K = K
+        losses = losses.to(device=device, dtype=torch.float64)
+        if self.window is not None:
+            n = self.window
+            if self._costs is None:
+                self._costs = torch.ones(2 * n, K, dtype=torch.float64, device=device)
+                self._current = torch.ones(K, dtype=torch.float64, device=device)
+            self._costs = torch.cat([self._costs[1:], losses[None]], 0)
+            if self._calls > n:
+                r = self._costs[n:].mean(0) / self._costs[:n].mean(0).clamp_min(1e-12)
+                self._current = self._softmax_weights(r)
+            self._calls += 1
+            return self._current.clone()
+        self._epoch_sum = losses.clone() if self._epoch_sum is None else self._epoch_sum + losses
+        self._epoch_count += 1
+        if len(self._history) < 2:
+            return torch.ones(K, dtype=torch.float64, device=device)
+        prev2, prev1 = (h.to(device) for h in self._history)
+        return self._softmax_weights(prev1 / prev2.clamp_min(1e-12))
+
+
+class RLW(Method):
+    """Random loss weighting (Lin et al., TMLR 2022): ``λ = softmax(z)``, ``z ~ N(0, I_K)`` per call.
+
+    ``z`` is drawn from ``generator`` on the generator's own device and moved to the tasks' device
+    (a seeded CPU generator gives the same weights everywhere). **Σλ = 1.** Loss-only, no Gram pass,
+    no state.
+    """
+
+    name = "rlw"
+    requires_gram = False
+
+    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None):
+        K, device = _shape(G, num_tasks, losses)
+        gen_device = generator.device if generator is not None else device
+        z = torch.randn(K, generator=generator, device=gen_device, dtype=torch.float64).to(device)
+        return torch.softmax(z, 0)
