@@ -1,0 +1,12 @@
+# --- Triton: interpreter mode when there is no GPU -------------------------------------------------
+# Triton chooses between its compiler and its interpreter when a kernel is decorated, so
+# TRITON_INTERPRET must be set before any module defining @triton.jit kernels is imported (test
+# modules import fastmtl.triton at collection time, after this file). Without a CUDA device the
+# Triton kernels then run in the interpreter on CPU tensors. An explicit TRITON_INTERPRET wins.
+import os as _os
+
+import torch as _torch
+
+if not _torch.cuda.is_available():
+    _os.environ.setdefault("TRITON_INTERPRET", "1")
+# --- end Triton ------------------------------------------------------------------------------------
