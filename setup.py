@@ -7,8 +7,12 @@ The extension is built when torch is a CUDA build and nvcc is found. Switches (e
 * unset / ``auto``          build it when possible, otherwise print why not and install Python only.
 
 ``TORCH_CUDA_ARCH_LIST`` selects the GPU architectures (default when no GPU is visible:
-``8.0;9.0``); ``MAX_JOBS`` bounds parallel compilation. ``CUDA_HOME`` should name the toolkit folder.
+``8.0;9.0``); ``MAX_JOBS`` bounds parallel compilation (default: one job per source file, at most
+the CPU count). ``CUDA_HOME`` should name the toolkit folder.
 Install with ``pip install -e . --no-build-isolation`` so the extension matches the installed torch.
+
+In auto mode a failing compilation does not fail the install either: the error is printed, recorded
+in ``fastmtl/_build_info.py`` (``SKIP_REASON``) and the package installs without the extension.
 """
 
 import glob
@@ -38,7 +42,7 @@ def _write_build_info(info):
 def _cuda_extension():
     """``(ext_modules, cmdclass)`` for the extension, or ``([], {})`` with the reason printed."""
     info = {"CUDA_EXTENSION_BUILT": False, "SKIP_REASON": None, "TORCH_VERSION": None,
-            "CUDA_VERSION": None, "ARCH_LIST": None}
+            "CUDA_VERSION": None, "ARCH_LIST": None, "NVCC": None}
     if MODE in ("0", "false", "no", "off"):
         info["SKIP_REASON"] = "FASTMTL_BUILD_CUDA=0"
         _write_build_info(info)
@@ -61,6 +65,8 @@ def _cuda_extension():
             nvcc = os.path.join(cuda_home, "bin", "nvcc") if cuda_home else shutil.which("nvcc")
             if not nvcc or not os.path.exists(nvcc):
                 reason = "nvcc not found (set CUDA_HOME to the CUDA toolkit folder)"
+            else:
+                info["NVCC"] = nvcc
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "*.cu")))
     if reason is None and not sources:
         reason = "no sources under csrc/"
@@ -81,20 +87,42 @@ def _cuda_extension():
         if not visible:
             os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_ARCHS
             _say(f"no GPU visible: building for TORCH_CUDA_ARCH_LIST={DEFAULT_ARCHS}")
-    info["ARCH_LIST"] = os.environ.get("TORCH_CUDA_ARCH_LIST", "detected at build time")
+    info["ARCH_LIST"] = os.environ.get("TORCH_CUDA_ARCH_LIST") or "the visible GPUs (detected at build time)"
+    if not os.environ.get("MAX_JOBS"):
+        # ninja otherwise starts one job per CPU; nvcc jobs take ~1 GB each and there are few sources.
+        os.environ["MAX_JOBS"] = str(max(1, min(len(sources), os.cpu_count() or 1)))
     info["CUDA_EXTENSION_BUILT"] = True
     _write_build_info(info)
-    _say(f"building fastmtl._C for {info['ARCH_LIST']} against torch {torch.__version__} (CUDA {torch.version.cuda})")
+    _say(f"building fastmtl._C for {info['ARCH_LIST']} against torch {torch.__version__} (CUDA {torch.version.cuda}), "
+         f"MAX_JOBS={os.environ['MAX_JOBS']}")
     ext = cpp_extension.CUDAExtension(
         name="fastmtl._C",
         sources=sources,
         include_dirs=[os.path.join(HERE, "csrc")],
-        extra_compile_args={"cxx": ["-O3", "-std=c++17"],
-                            "nvcc": ["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-lineinfo"]},
+        # No -std flag: torch adds the C++ standard its own headers need (C++20 for recent versions).
+        extra_compile_args={"cxx": ["-O3"],
+                            # -warn-spills: register spills show up in the build log.
+                            "nvcc": ["-O3", "--expt-relaxed-constexpr", "-lineinfo", "-Xptxas=-warn-spills"]},
         py_limited_api=False,
     )
-    build = cpp_extension.BuildExtension.with_options(no_python_abi_suffix=False)
-    return [ext], {"build_ext": build}
+    base = cpp_extension.BuildExtension.with_options(no_python_abi_suffix=False)
+
+    class BuildExt(base):
+        """In auto mode, a failing compilation installs the Python package without the extension."""
+
+        def run(self):
+            try:
+                super().run()
+            except Exception as exc:  # CompileError, ninja's RuntimeError, ...
+                if MODE in ("1", "true", "yes", "on"):
+                    raise
+                self.extensions = []
+                info["CUDA_EXTENSION_BUILT"] = False
+                info["SKIP_REASON"] = f"compilation failed ({type(exc).__name__}: {str(exc).strip()[:300]})"
+                _write_build_info(info)
+                _say(f"the CUDA extension failed to build; installing without it: {info['SKIP_REASON']}")
+
+    return [ext], {"build_ext": BuildExt}
 
 
 ext_modules, cmdclass = _cuda_extension()

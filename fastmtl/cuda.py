@@ -1,0 +1,276 @@
+"""CUDA C++ backend: thin wrappers over ``torch.ops.fastmtl.*_cuda`` and their availability.
+
+The compiled extension ``fastmtl._C`` is optional. It is built by ``setup.py`` when torch is a CUDA
+build and ``nvcc`` is found (see ``python -m fastmtl.info``). Importing ``fastmtl._C`` loads its
+shared library, whose static ``TORCH_LIBRARY_FRAGMENT`` block registers the ops with the PyTorch
+dispatcher; the module itself is empty (no pybind11). A plain import is used rather than
+``torch.ops.load_library`` so that Python's import system finds the build-specific file name
+(``_C.cpython-3XX-....so``) in regular and editable installs alike.
+
+Ops (the arguments are the tensors themselves, so ``torch.compile`` and ``opcheck`` see them):
+
+* ``gramian_cuda(Tensor?[] tensors, int num_tasks) -> Tensor``: ``[K, K]`` Gram matrix.
+* ``weighted_sum_cuda(Tensor?[] tensors, int num_tasks, Tensor weights) -> Tensor``: every
+  parameter's ``Σ_k weights[k] g_k[p]`` in one flat tensor, parameter ``p`` at offset
+  ``Σ_{q<p} round_up(numel_q, 16)`` (zeros in the gaps); :func:`split_flat` makes per-parameter
+  views of it.
+* ``weighted_sum_cuda_out(Tensor?[] tensors, int num_tasks, Tensor weights, Tensor(a!)[] out) -> ()``:
+  writes parameter ``p`` into ``out[p]`` (e.g. ``.grad``).
+
+``tensors`` is task-major: entry ``k * P + p`` is task ``k``'s gradient of parameter ``p`` (``None``
+when the task does not touch it). Accumulation is float32 (float64 for float64 inputs), in a fixed
+order without atomics, so results are bitwise reproducible on a given device. The fake kernels
+registered here give output shapes and dtypes without a device, for ``torch.compile`` and meta
+tensors.
+
+Hazard: tensors are read through raw addresses on the current stream of their device. Gradients
+produced on another stream must be synchronised with it first (as for any PyTorch op).
+"""
+
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence
+
+import torch
+
+from ._inputs import TaskGradients
+
+# Must match kOutPad in csrc/multi_tensor.cuh.
+OUT_PAD = 16
+# Must match kMaxTasks in csrc/ops.cpp.
+MAX_TASKS = 2048
+OP_NAMES = ("gramian_cuda", "weighted_sum_cuda", "weighted_sum_cuda_out")
+
+_LOAD_ERROR: Optional[str] = None
+_FAKE_ERROR: Optional[str] = None
+_SMOKE: Dict[int, Optional[str]] = {}
+
+try:
+    from . import _C  # noqa: F401  (loading the library registers torch.ops.fastmtl.*_cuda)
+except Exception as exc:  # ImportError, or OSError for a library built against another torch
+    _C = None
+    _LOAD_ERROR = f"{type(exc).__name__}: {exc}"
+
+
+def build_info() -> dict:
+    """What ``setup.py`` recorded at build time (``fastmtl/_build_info.py``); empty if absent."""
+    try:
+        from . import _build_info
+    except ImportError:
+        return {}
+    return {k: v for k, v in vars(_build_info).items() if k.isupper()}
+
+
+def extension_loaded() -> bool:
+    """Whether ``fastmtl._C`` was imported (the ops are registered)."""
+    return _C is not None
+
+
+def load_error() -> Optional[str]:
+    """Why ``fastmtl._C`` could not be imported, or ``None``."""
+    return _LOAD_ERROR
+
+
+def missing_reason() -> str:
+    """Why ``fastmtl._C`` is not loaded (build skipped, build failed, or import error)."""
+    info = build_info()
+    if info.get("CUDA_EXTENSION_BUILT") is False and info.get("SKIP_REASON"):
+        return f"fastmtl._C was not built: {info['SKIP_REASON']}"
+    if _LOAD_ERROR and "No module named" not in _LOAD_ERROR:
+        return f"fastmtl._C failed to load ({_LOAD_ERROR}); rebuild it against the installed torch"
+    return ("fastmtl._C is not built (reinstall with `pip install -e . --no-build-isolation` where torch has "
+            "CUDA and nvcc is on PATH or CUDA_HOME is set)")
+
+
+def unavailable_reason() -> Optional[str]:
+    """``None`` when the CUDA ops can run on the current CUDA device, else a short reason."""
+    if _C is None:
+        return missing_reason()
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is not a CUDA build"
+    if not torch.cuda.is_available():
+        return "no CUDA device is available"
+    missing = [name for name in OP_NAMES if not hasattr(torch.ops.fastmtl, name)]
+    if missing:
+        return f"fastmtl._C is loaded but does not register {', '.join(missing)}"
+    if _FAKE_ERROR is not None:
+        return f"fake kernels could not be registered: {_FAKE_ERROR}"
+    try:
+        device = torch.cuda.current_device()
+    except Exception as exc:  # driver problems surface here
+        return f"CUDA cannot be initialised: {exc}"
+    return _smoke_test(device)
+
+
+def _smoke_test(device: int) -> Optional[str]:
+    """Run a tiny Gram on ``device`` once: catches a build without this GPU's architecture."""
+    if device not in _SMOKE:
+        try:
+            x = torch.ones(3, device=f"cuda:{device}")
+            torch.ops.fastmtl.gramian_cuda([x], 1)
+            _SMOKE[device] = None
+        except Exception as exc:  # e.g. "no kernel image is available for execution on the device"
+            _SMOKE[device] = f"the CUDA kernels cannot run on cuda:{device}: {exc}"
+    return _SMOKE[device]
+
+
+def is_available() -> bool:
+    """Whether the ``cuda`` backend can run here."""
+    return unavailable_reason() is None
+
+
+# ---- fake (meta) kernels ------------------------------------------------------------------------
+
+
+def _check_entries(tensors: Sequence[Optional[torch.Tensor]], num_tasks: int, op: str) -> torch.Tensor:
+    if num_tasks < 1:
+        raise RuntimeError(f"{op}: num_tasks must be at least 1, got {num_tasks}")
+    if len(tensors) == 0 or len(tensors) % num_tasks != 0:
+        raise RuntimeError(f"{op}: expected num_tasks * P entries, got {len(tensors)} for num_tasks = {num_tasks}")
+    for t in tensors:
+        if t is not None:
+            return t
+    raise RuntimeError(f"{op}: every entry is None; at least one task gradient is needed")
+
+
+def column_numels(tensors: Sequence[Optional[torch.Tensor]], num_tasks: int) -> List:
+    """Elements of every parameter (0 where no task has a tensor), from the task-major entries."""
+    P = len(tensors) // num_tasks
+    numels = []
+    for p in range(P):
+        n = 0
+        for k in range(num_tasks):
+            t = tensors[k * P + p]
+            if t is not None:
+                n = t.numel()
+                break
+        numels.append(n)
+    return numels
+
+
+def padded(n):
+    """``n`` rounded up to the flat-output padding (works on SymInts)."""
+    return (n + OUT_PAD - 1) // OUT_PAD * OUT_PAD
+
+
+def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _register_fakes() -> None:
+    @torch.library.register_fake("fastmtl::gramian_cuda")
+    def _gramian_fake(tensors, num_tasks):
+        ref = _check_entries(tensors, num_tasks, "fastmtl::gramian_cuda")
+        return ref.new_empty((num_tasks, num_tasks), dtype=_accumulate_dtype(ref.dtype))
+
+    @torch.library.register_fake("fastmtl::weighted_sum_cuda")
+    def _weighted_sum_fake(tensors, num_tasks, weights):
+        ref = _check_entries(tensors, num_tasks, "fastmtl::weighted_sum_cuda")
+        total = 0
+        for n in column_numels(tensors, num_tasks):
+            total = total + padded(n)
+        return ref.new_empty((total,), dtype=ref.dtype)
+
+    @torch.library.register_fake("fastmtl::weighted_sum_cuda_out")
+    def _weighted_sum_out_fake(tensors, num_tasks, weights, out):
+        _check_entries(tensors, num_tasks, "fastmtl::weighted_sum_cuda_out")
+        return None
+
+
+if _C is not None:
+    try:
+        _register_fakes()
+    except Exception as exc:  # an incompatible torch.library: report through the probe, never on import
+        _FAKE_ERROR = f"{type(exc).__name__}: {exc}"
+
+
+# ---- wrappers -----------------------------------------------------------------------------------
+
+
+def gramian(tensors: Sequence[Optional[torch.Tensor]], num_tasks: int) -> torch.Tensor:
+    """``torch.ops.fastmtl.gramian_cuda``: K×K Gram of task-major entries."""
+    return torch.ops.fastmtl.gramian_cuda(list(tensors), num_tasks)
+
+
+def weighted_sum_flat(tensors: Sequence[Optional[torch.Tensor]], num_tasks: int,
+                      weights: torch.Tensor) -> torch.Tensor:
+    """``torch.ops.fastmtl.weighted_sum_cuda``: the flat, padded result (see :func:`split_flat`)."""
+    return torch.ops.fastmtl.weighted_sum_cuda(list(tensors), num_tasks, weights)
+
+
+def weighted_sum_out(tensors: Sequence[Optional[torch.Tensor]], num_tasks: int, weights: torch.Tensor,
+                     out: Sequence[torch.Tensor]) -> None:
+    """``torch.ops.fastmtl.weighted_sum_cuda_out``: writes parameter ``p`` into ``out[p]``."""
+    torch.ops.fastmtl.weighted_sum_cuda_out(list(tensors), num_tasks, weights, list(out))
+
+
+def split_flat(flat: torch.Tensor, shapes: Sequence[Optional[torch.Size]]) -> list:
+    """Per-parameter views of a flat ``weighted_sum_cuda`` result (``None`` for ``None`` shapes)."""
+    if len(shapes) == 1 and shapes[0] is not None:
+        return [flat[: shapes[0].numel()].view(shapes[0])]
+    sizes = []
+    for shape in shapes:
+        n = 0 if shape is None else shape.numel()
+        sizes.append(n)
+        sizes.append(padded(n) - n)
+    pieces = torch.split_with_sizes(flat, sizes)
+    return [None if shape is None else pieces[2 * p].view(shape) for p, shape in enumerate(shapes)]
+
+
+def table_cache_stats() -> dict:
+    """Host-side table cache counters: entries, hits, misses, capacity."""
+    entries, hits, misses, capacity = torch.ops.fastmtl.table_cache_stats()
+    return {"entries": entries, "hits": hits, "misses": misses, "capacity": capacity}
+
+
+def table_cache_clear() -> None:
+    """Drop every cached device table (they are rebuilt on the next call)."""
+    torch.ops.fastmtl.table_cache_clear()
+
+
+# ---- backend implementations (the reference signatures) ------------------------------------------
+
+
+def _entries(tg: TaskGradients, columns: Optional[Sequence[int]] = None) -> list:
+    if columns is None:
+        return [t for row in tg.entries for t in row]
+    return [row[p] for row in tg.entries for p in columns]
+
+
+def gramian_tg(tg: TaskGradients) -> torch.Tensor:
+    """Gram matrix of validated task gradients; same contract as ``gramian_ref``."""
+    return torch.ops.fastmtl.gramian_cuda(_entries(tg), tg.num_tasks)
+
+
+def weighted_sum_tg(tg: TaskGradients, weights: torch.Tensor,
+                    out: Optional[Sequence[Optional[torch.Tensor]]] = None) -> list:
+    """``Σ_k weights[k] g_k[p]`` per parameter; same contract as ``weighted_sum_ref``.
+
+    Without ``out``: one flat allocation, returned as per-parameter views. With ``out``: written in
+    place (one launch per distinct dtype among the ``out`` tensors, normally one).
+    """
+    K = tg.num_tasks
+    if weights.device != tg.device:
+        weights = weights.to(tg.device)
+    if out is None:
+        flat = torch.ops.fastmtl.weighted_sum_cuda(_entries(tg), K, weights)
+        return split_flat(flat, tg.shapes)
+    targets = list(out)
+    active = [p for p, shape in enumerate(tg.shapes) if shape is not None]
+    groups: Dict[torch.dtype, list] = {}
+    for p in active:
+        groups.setdefault(targets[p].dtype, []).append(p)
+    if len(groups) == 1 and len(active) == tg.num_params:
+        torch.ops.fastmtl.weighted_sum_cuda_out(_entries(tg), K, weights, targets)
+    else:
+        for columns in groups.values():
+            torch.ops.fastmtl.weighted_sum_cuda_out(_entries(tg, columns), K, weights,
+                                                    [targets[p] for p in columns])
+    return targets
+
+
+def extra_reasons(tg: TaskGradients) -> List[str]:
+    """Input-dependent limits of the CUDA backend."""
+    if tg.num_tasks > MAX_TASKS:
+        return [f"handles at most {MAX_TASKS} tasks, got {tg.num_tasks}"]
+    return []
