@@ -25,6 +25,7 @@ from .gemtl import GeMTL
 from .loss_weighting import DWA, RLW, UW
 from .famo import FAMO
 from .slgrad import SLGrad
+from .graddrop import GradDrop
 
 METHODS: Dict[str, Type[Method]] = {}
 
@@ -36,7 +37,7 @@ def register_method(cls: Type[Method]) -> Type[Method]:
 
 
 for _cls in (Mean, Sum, PCGrad, WeightedPCGrad, CAGrad, MGDA, IMTLG, UPGrad, DualProj, AlignedMTL, HydaLearn, SLGrad,
-             NashMTL, GradVac, ConFIG, DBMTL, OLAUX, GradNorm, GeMTL, UW, DWA, RLW, FAMO):
+             NashMTL, GradVac, ConFIG, DBMTL, OLAUX, GradNorm, GeMTL, UW, DWA, RLW, FAMO, GradDrop):
     register_method(_cls)
 
 
@@ -65,4 +66,4 @@ def make_method(method, hyperparameters: dict) -> Method:
 
 __all__ = ["Method", "METHODS", "register_method", "make_method", "Mean", "Sum", "PCGrad",
            "WeightedPCGrad", "CAGrad", "MGDA", "IMTLG", "UPGrad", "DualProj", "AlignedMTL", "HydaLearn", "SLGrad",
-           "NashMTL", "GradVac", "ConFIG", "DBMTL", "OLAUX", "GradNorm", "GeMTL", "UW", "DWA", "RLW", "FAMO"]
+           "NashMTL", "GradVac", "ConFIG", "DBMTL", "OLAUX", "GradNorm", "GeMTL", "UW", "DWA", "RLW", "FAMO", "GradDrop"]
