@@ -39,9 +39,50 @@ def cosine_from_gram(G: torch.Tensor) -> torch.Tensor:
     return torch.where(denom > 0, G / torch.where(denom > 0, denom, torch.ones_like(denom)), torch.zeros_like(G))
 
 
+def _check_num_tasks(m: Any, K: int) -> None:
+    """A stateful method instance serves one number of tasks (its state is per task)."""
+    seen = getattr(m, "_fastmtl_num_tasks", None) if m.stateful else None
+    if seen is not None and seen != K:
+        raise ValueError(f"this {type(m).__name__} instance saw {seen} tasks before, now {K}; a stateful method "
+                         "keeps per-task state: create a new instance for a different number of tasks")
+
+
+def _method_weights(m: Any, G: Optional[torch.Tensor], *, losses, generator, reference_dots, num_tasks: int,
+                    check_finite: bool) -> torch.Tensor:
+    """``m.weights(G, ...)`` under fastmtl's non-finite policy (docs/bad_input.md).
+
+    λ of a method that reads G depends on every coordinate of every task, so a non-finite G (a NaN
+    or Inf gradient, or a float32 Gram that overflowed) gives ``λ = NaN`` — the direction is NaN
+    everywhere, never a silently wrong finite one. The method itself sees a zero Gram then, so no
+    solver is handed NaN. ``check_finite=True`` raises instead, naming the tasks.
+    """
+    guard = G is not None and m.requires_gram
+    if guard:
+        finite = torch.isfinite(G).all()
+        if reference_dots is not None:
+            finite = finite & torch.isfinite(reference_dots).all()
+        if check_finite and not bool(finite):
+            rows = (~torch.isfinite(G)).any(1).cpu().tolist()
+            bad = ", ".join(f"task {k}" for k, b in enumerate(rows) if b) or "the reference gradient"
+            raise ValueError(f"the Gram matrix is not finite although the gradients are: dot products overflowed "
+                             f"{G.dtype} (max {torch.finfo(G.dtype).max:.3g}) for {bad}; pass float64 gradients or "
+                             "scale the losses down")
+        zero = torch.zeros((), dtype=G.dtype, device=G.device)
+        G = torch.where(finite, G, zero)
+        if reference_dots is not None:
+            reference_dots = torch.where(finite, reference_dots, zero.to(reference_dots.dtype))
+    lam = m.weights(G, losses=losses, generator=generator, reference_dots=reference_dots, num_tasks=num_tasks)
+    if guard:
+        lam = torch.where(finite, lam, torch.full_like(lam, float("nan")))
+    if m.stateful:
+        m._fastmtl_num_tasks = num_tasks
+    return lam
+
+
 def combine(grads: Any, method: Any = "mean", *, losses: Any = None,
             generator: Optional[torch.Generator] = None, backend: Optional[str] = None, out: Any = None,
-            check_finite: bool = False, return_info: bool = False, **hyperparameters: Any):
+            check_finite: bool = False, return_info: bool = False, process_group: Any = None,
+            **hyperparameters: Any):
     """Combine K task gradients into one update direction.
 
     Args:
@@ -58,6 +99,11 @@ def combine(grads: Any, method: Any = "mean", *, losses: Any = None,
             structure as the output.
         check_finite: raise ``ValueError`` naming the tasks with NaN/Inf (synchronises).
         return_info: also return a :class:`CombineInfo` with λ, the Gram and cosine matrices.
+        process_group: a ``torch.distributed`` process group (or 1-D ``DeviceMesh``) over which the
+            gradients are sharded (FSDP/ZeRO): ``grads`` is this rank's shard (possibly empty) of
+            every task's gradient and the result is this rank's shard of the direction; one
+            ``all_reduce`` of the K×K Gram gives every rank the same λ. A collective: see
+            :mod:`fastmtl.distributed` (and :func:`fastmtl.distributed.ddp_combine` for DDP).
 
     Returns:
         The direction in the structure of one task's gradient (a ``[D]`` tensor, or a list with
@@ -70,26 +116,39 @@ def combine(grads: Any, method: Any = "mean", *, losses: Any = None,
     tg = canonicalize(grads)
     m = make_method(method, hyperparameters)
     targets = None if out is None else canonicalize_out(out, tg)
-    if check_finite:
-        _check_finite(tg)
     K = tg.num_tasks
+    _check_num_tasks(m, K)
+    sharded = process_group is not None  # then finiteness is checked collectively (fastmtl.distributed)
+    if check_finite and not sharded:
+        _check_finite(tg)
     loss_vec = losses_tensor(losses, K, tg.device)
-    if loss_vec is not None and check_finite and not bool(torch.isfinite(loss_vec).all()):
+    if loss_vec is not None and check_finite and not sharded and not bool(torch.isfinite(loss_vec).all()):
         raise ValueError("non-finite task losses: " + str(loss_vec.tolist()))
 
     if m.gram_free_direction:
+        if sharded:  # -- distributed: only shard-local (elementwise) methods --
+            from .distributed import check_shard_local
+            check_shard_local(m, tg, process_group, loss_vec, check_finite)
         parts, lam, G = m.direction(tg, losses=loss_vec, generator=generator, out=targets, backend=backend)
         direction = assemble(tg, parts)
         if not return_info:
             return direction
         if G is None:
             G = gramian_of(tg, backend)
+        if sharded:  # -- distributed: the global Gram for the info --
+            from .distributed import all_reduce_gram
+            G = all_reduce_gram(G, process_group)
         return direction, CombineInfo(weights=lam, gram=G, cosine=cosine_from_gram(G), method=m,
                                       backend=select("weighted_sum", tg, backend).name)
 
     G = None
     reference_dots = None
-    if m.requires_gram or return_info:
+    if sharded:  # -- distributed: partial Grams + one all_reduce, see fastmtl/distributed.py --
+        from .distributed import reduce_shards
+        G, reference_dots, loss_vec, generator = reduce_shards(
+            tg, m, process_group, losses=loss_vec, generator=generator, backend=backend,
+            need_gram=m.requires_gram or return_info, check_finite=check_finite)
+    elif m.requires_gram or return_info:
         if m.uses_reference and m.reference is not None:
             augmented = tg.with_extra_task(m.reference, "reference")
             G_aug = gramian_of(augmented, backend)
@@ -97,7 +156,8 @@ def combine(grads: Any, method: Any = "mean", *, losses: Any = None,
             reference_dots = G_aug[K, :K]
         else:
             G = gramian_of(tg, backend)
-    lam = m.weights(G, losses=loss_vec, generator=generator, reference_dots=reference_dots, num_tasks=K)
+    lam = _method_weights(m, G, losses=loss_vec, generator=generator, reference_dots=reference_dots, num_tasks=K,
+                          check_finite=check_finite)
     chosen = select("weighted_sum", tg, backend)
     direction = assemble(tg, chosen.implementations["weighted_sum"](tg, lam, targets))
     if not return_info:
