@@ -85,6 +85,7 @@ def test_unknown_method_suggests():
 @pytest.mark.parametrize("method, hp, words", [
     ("cagrad", {"c": -0.1}, "c must be"),
     ("cagrad", {"rescale": 3}, "rescale"),
+    ("cagrad", {"c": float("inf")}, "c must be finite"),
     ("pcgrad", {"reduction": "max"}, "reduction"),
     ("mgda", {"normalization": "l1"}, "normalization"),
     ("wpcgrad", {"gamma": -1.0}, "gamma"),

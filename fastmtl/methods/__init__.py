@@ -56,7 +56,7 @@ def make_method(method, hyperparameters: dict) -> Method:
     if key not in METHODS:
         close = difflib.get_close_matches(key, list(METHODS), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(f"unknown method {method!r}{hint} Known methods: {', '.join(sorted(METHODS))}")
+        raise ValueError(f"unknown method {method!r}{hint or '.'} Known methods: {', '.join(sorted(METHODS))}")
     cls = METHODS[key]
     try:
         return cls(**hyperparameters)

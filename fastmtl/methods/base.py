@@ -69,8 +69,8 @@ def symmetric64(G: torch.Tensor) -> torch.Tensor:
 
 def check_positive(name: str, value: float, *, allow_zero: bool = True) -> float:
     value = float(value)
-    if value != value or value < 0 or (value == 0 and not allow_zero):
-        bound = "≥ 0" if allow_zero else "> 0"
+    if value != value or value in (float("inf"), float("-inf")) or value < 0 or (value == 0 and not allow_zero):
+        bound = "finite and ≥ 0" if allow_zero else "finite and > 0"
         raise ValueError(f"{name} must be {bound}, got {value}")
     return value
 

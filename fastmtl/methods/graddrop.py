@@ -33,6 +33,7 @@ class GradDrop(Method):
     name = "graddrop"
     gram_free_direction = True
     requires_gram = False
+    shard_local = True  # elementwise: each rank drops signs on its own shard
 
     def __init__(self, leak: Optional[Sequence[float]] = None, eps: float = DEFAULT_EPS):
         if leak is not None:

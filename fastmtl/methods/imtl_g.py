@@ -13,7 +13,7 @@ class IMTLG(Method):
     Find ``d = Σ α_i g_i`` with ``Σ α_i = 1`` whose projection ``⟨d, g_i⟩/‖g_i‖`` is the same for
     every task. In Gram space (as TorchJD): ``v = G⁺ n`` with ``n_i = ‖g_i‖``, ``λ = v / Σ v``;
     the pseudo-inverse (eigen-decomposition, relative cut-off ``K·eps·λ_max``) handles
-    rank-deficient G. ``λ = 0`` when ``|Σ v| < 1e-12`` (no such direction).
+    rank-deficient G. ``λ = 0`` when ``|Σ v| ≤ 1e-12·Σ|v|`` (no such direction).
 
     On CUDA the symmetric eigen-solver checks convergence and so synchronises once per call.
     """
@@ -31,5 +31,7 @@ class IMTLG(Method):
                           torch.zeros_like(evals))
         v = evecs @ (inv * (evecs.T @ n))
         total = v.sum()
-        ok = total.abs() >= 1e-12
+        # |Σv| small relative to Σ|v| means no direction has equal projections (TorchJD compares
+        # |Σv| with an absolute 1e-12, which wrongly returns 0 for gradients of norm ≳ 1e12).
+        ok = total.abs() > 1e-12 * v.abs().sum()
         return torch.where(ok, v / torch.where(ok, total, torch.ones_like(total)), torch.zeros_like(v))

@@ -80,10 +80,11 @@ class WeightedPCGrad(Method):
     def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None):
         G = symmetric64(G)
         K = G.shape[0]
+        priorities = self.task_priorities(K, losses, G.device)  # validates K before any state changes
         if losses is not None:
             self._epoch_sum = losses.detach() if self._epoch_sum is None else self._epoch_sum + losses.detach()
             self._epoch_count += 1
-        order = plackett_luce_order(self.task_priorities(K, losses, G.device), generator=generator)
+        order = plackett_luce_order(priorities, generator=generator)
         lam_in_order = priority_projection(G[order][:, order], self.project_against, self.eps)
         lam = torch.empty_like(lam_in_order)
         lam[order] = lam_in_order

@@ -17,8 +17,9 @@ import torch
 
 from .._inputs import TaskGradients
 
-# Upper bound on elements up-cast at once (K rows × columns) in the chunked paths: bounds the
-# temporary memory of low-precision inputs to ~16 MB regardless of D.
+# Upper bound on elements up-cast at once (K rows × columns) in the chunked paths: 16 MB of fp32
+# per chunk; with the previous chunk still alive while the next is built, the temporaries of
+# low-precision inputs peak at a few chunks, independent of D.
 _CHUNK_ELEMENTS = 1 << 22
 
 
