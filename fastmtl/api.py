@@ -48,7 +48,7 @@ def _check_num_tasks(m: Any, K: int) -> None:
 
 
 def _method_weights(m: Any, G: Optional[torch.Tensor], *, losses, generator, reference_dots, num_tasks: int,
-                    check_finite: bool) -> torch.Tensor:
+                    check_finite: bool, device: Optional[torch.device] = None) -> torch.Tensor:
     """``m.weights(G, ...)`` under fastmtl's non-finite policy (docs/bad_input.md).
 
     λ of a method that reads G depends on every coordinate of every task, so a non-finite G (a NaN
@@ -71,7 +71,8 @@ def _method_weights(m: Any, G: Optional[torch.Tensor], *, losses, generator, ref
         G = torch.where(finite, G, zero)
         if reference_dots is not None:
             reference_dots = torch.where(finite, reference_dots, zero.to(reference_dots.dtype))
-    lam = m.weights(G, losses=losses, generator=generator, reference_dots=reference_dots, num_tasks=num_tasks)
+    lam = m.weights(G, losses=losses, generator=generator, reference_dots=reference_dots, num_tasks=num_tasks,
+                    device=device)
     if guard:
         lam = torch.where(finite, lam, torch.full_like(lam, float("nan")))
     if m.stateful:
@@ -157,7 +158,7 @@ def combine(grads: Any, method: Any = "mean", *, losses: Any = None,
         else:
             G = gramian_of(tg, backend)
     lam = _method_weights(m, G, losses=loss_vec, generator=generator, reference_dots=reference_dots, num_tasks=K,
-                          check_finite=check_finite)
+                          check_finite=check_finite, device=tg.device)
     chosen = select("weighted_sum", tg, backend)
     direction = assemble(tg, chosen.implementations["weighted_sum"](tg, lam, targets))
     if not return_info:

@@ -411,7 +411,7 @@ def ddp_combine(grads: Any, method: Any = "mean", *, process_group: Any = None, 
             shard, m, group, losses=loss_vec, generator=generator, backend=backend, need_gram=need_gram,
             check_finite=check_finite, reference=shard_ref)
         lam = _method_weights(m, G, losses=loss_vec, generator=generator, reference_dots=ref_dots, num_tasks=K,
-                              check_finite=check_finite)
+                              check_finite=check_finite, device=tg.device)
         chosen = select("weighted_sum", tg, backend)
         direction = assemble(tg, chosen.implementations["weighted_sum"](tg, lam, targets))
     else:
@@ -434,7 +434,7 @@ def ddp_combine(grads: Any, method: Any = "mean", *, process_group: Any = None, 
             shard, m, group, losses=loss_vec, generator=generator, backend=backend, need_gram=need_gram,
             check_finite=check_finite, reference=recv[K] if extra is not None else None)
         lam = _method_weights(m, G, losses=loss_vec, generator=generator, reference_dots=ref_dots, num_tasks=K,
-                              check_finite=check_finite)
+                              check_finite=check_finite, device=shard.device)
         chosen = select("weighted_sum", shard, backend)
         d_shard = chosen.implementations["weighted_sum"](shard, lam, None)[0]
         full = torch.empty(world * step, dtype=tg.dtype, device=tg.device)

@@ -186,3 +186,13 @@ def test_low_precision_inputs(method, dtype):
     assert d.dtype == dtype and torch.isfinite(d).all()
     tol = 1e-3 if dtype == torch.float32 else 5e-2
     assert (d.double() - d64).norm() <= tol * max(d64.norm().item(), J.norm(dim=1).mean().item())
+
+
+@pytest.mark.parametrize("method", ["mean", "sum", "rlw", "gemtl", "dwa", "famo", "uw"])
+def test_loss_only_weights_are_built_on_the_gradients_device(method):
+    # No Gram is formed for these methods; λ must still live where the gradients are.
+    J = torch.randn(3, 4, device="meta")
+    m = fastmtl.methods.make_method(method, {})
+    lam = m.weights(None, losses=None if method in ("mean", "sum", "rlw", "uw") else torch.ones(3, device="meta"),
+                    generator=None, num_tasks=3, device=J.device)
+    assert lam.device.type == "meta" and lam.shape == (3,)

@@ -26,7 +26,7 @@ class AlignedMTL(Method):
         check_choice("scale_mode", scale_mode, ("min", "median", "rmse"))
         self.scale_mode = scale_mode
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None):
+    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
         acc_eps = torch.finfo(G.dtype).eps
         G = symmetric64(G)
         K = G.shape[0]

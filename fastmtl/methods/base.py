@@ -51,8 +51,10 @@ class Method:
 
     def weights(self, G: Optional[torch.Tensor], *, losses: Optional[torch.Tensor] = None,
                 generator: Optional[torch.Generator] = None,
-                reference_dots: Optional[torch.Tensor] = None, num_tasks: Optional[int] = None
-                ) -> torch.Tensor:
+                reference_dots: Optional[torch.Tensor] = None, num_tasks: Optional[int] = None,
+                device: Optional[torch.device] = None) -> torch.Tensor:
+        """λ (float64, ``[K]``) on ``G``'s device — or on ``device`` for loss-only methods called
+        with ``G = None`` (``num_tasks`` gives K then)."""
         raise NotImplementedError
 
     def __repr__(self) -> str:

@@ -33,7 +33,7 @@ class CAGrad(Method):
         self.rescale = rescale
         self.multiply_by_k = bool(multiply_by_k)
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None):
+    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
         G = symmetric64(G)
         K = G.shape[0]
         _, lam = cagrad_simplex_weights(G, self.c)

@@ -43,7 +43,7 @@ class ConFIG(Method):
             self.pref = None
         self.rcond = None if rcond is None else check_positive("rcond", rcond)
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None):
+    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
         rcond = self.rcond
         if rcond is None:
             rcond = 1e-10 if G.dtype == torch.float64 else 1e-5

@@ -58,7 +58,7 @@ class DBMTL(Method):
         self._step = 0
         self.alpha: Optional[torch.Tensor] = None
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None):
+    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
         raise TypeError("DB-MTL combines its gradient buffer, not the current gradients: call "
                         "fastmtl.combine(grads, method=instance, losses=losses)")
 

@@ -110,10 +110,10 @@ class FAMO(Method):
         lmin = 0.0 if self._min_losses is None else self._min_losses.to(losses.device)
         return (losses - lmin).clamp_min(0.0) + self.eps
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None):
+    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
         if losses is None:
             raise ValueError("famo needs the task losses: combine(..., losses=...)")
-        K, device = _shape(G, num_tasks, losses)
+        K, device = _shape(G, num_tasks, losses, device)
         check_num_tasks("FAMO", self._K, K)
         if self._min_losses is not None and self._min_losses.shape[0] != K:
             raise ValueError(f"min_losses has {self._min_losses.shape[0]} entries for K={K} tasks")

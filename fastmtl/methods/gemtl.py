@@ -80,10 +80,10 @@ class GeMTL(Method):
             return self.p + (self.p_end - self.p) * min(self._step / self.total_steps, 1.0)
         return self.p
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None):
+    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
         if losses is None:
             raise ValueError("gemtl needs the task losses: combine(..., losses=...)")
-        K, device = _shape(G, num_tasks, losses)
+        K, device = _shape(G, num_tasks, losses, device)
         losses = losses.to(device=device, dtype=torch.float64)
         p = self.current_p(losses)
         self._step += 1

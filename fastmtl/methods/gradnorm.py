@@ -152,7 +152,7 @@ class GradNorm(Method):
         self._param = new
         return w.clone()
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None):
+    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
         if self.param_indices is not None:
             raise TypeError("GradNorm(param_indices=...) reads those parameters' gradients itself: call "
                             "fastmtl.combine(grads, method=instance, losses=losses)")

@@ -112,7 +112,7 @@ class GradVac(Method):
         self._phi = phi
         return lam
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None):
+    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
         if self.granularity == "per_param":
             raise TypeError("GradVac(granularity='per_param') needs the gradients themselves: call "
                             "fastmtl.combine(grads, method=instance)")

@@ -42,7 +42,7 @@ class HydaLearn(Method):
         self.normalize = normalize
         self.fallback = fallback
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None):
+    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
         G = symmetric64(G)
         K = G.shape[0]
         m = check_main_task(self.main_task, K)

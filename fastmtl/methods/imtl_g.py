@@ -20,7 +20,7 @@ class IMTLG(Method):
 
     name = "imtl_g"
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None):
+    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
         acc_eps = torch.finfo(G.dtype).eps
         G = symmetric64(G)
         K = G.shape[0]

@@ -67,8 +67,8 @@ class UW(Method):
         l = losses_tensor(losses, self.s.shape[0], self.s.device).to(self.s.dtype)
         return (0.5 * torch.exp(-self.s) * l + 0.5 * self.s).sum()
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None):
-        K, device = _shape(G, num_tasks, losses)
+    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
+        K, device = _shape(G, num_tasks, losses, device)
         if self.s is None:
             self._make(K, device)
         check_num_tasks("UW", self.s.shape[0], K)
@@ -129,10 +129,10 @@ class DWA(Method):
     def _softmax_weights(self, r: torch.Tensor) -> torch.Tensor:
         return r.shape[0] * torch.softmax(r / self.temperature, 0)
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None):
+    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
         if losses is None:
             raise ValueError("dwa needs the task losses: combine(..., losses=...)")
-        K, device = _shape(G, num_tasks, losses)
+        K, device = _shape(G, num_tasks, losses, device)
         check_num_tasks("DWA", self._K, K)
         self._K = K
         losses = losses.to(device=device, dtype=torch.float64)
@@ -166,8 +166,8 @@ class RLW(Method):
     name = "rlw"
     requires_gram = False
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None):
-        K, device = _shape(G, num_tasks, losses)
+    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
+        K, device = _shape(G, num_tasks, losses, device)
         gen_device = generator.device if generator is not None else device
         z = torch.randn(K, generator=generator, device=gen_device, dtype=torch.float64).to(device)
         return torch.softmax(z, 0)

@@ -27,7 +27,7 @@ class MGDA(Method):
         check_choice("normalization", normalization, _NORMALIZATIONS)
         self.normalization = normalization
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None):
+    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
         G = symmetric64(G)
         if self.normalization != "none":
             if self.normalization.startswith("loss") and losses is None:

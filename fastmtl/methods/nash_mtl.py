@@ -71,7 +71,7 @@ class NashMTL(Method):
         """The last solved (unclipped) ``α``."""
         return self._alpha
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None):
+    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
         G = symmetric64(G)
         K = G.shape[0]
         check_num_tasks("NashMTL", None if self._alpha is None else self._alpha.shape[0], K)

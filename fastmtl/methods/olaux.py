@@ -72,7 +72,7 @@ class OLAUX(Method):
         """The current weights (``1`` at the main task)."""
         return self._w
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None):
+    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
         G = symmetric64(G)
         K = G.shape[0]
         m = check_main_task(self.main_task, K)

@@ -38,7 +38,7 @@ class PCGrad(Method):
         self.reduction = reduction
         self.eps = check_positive("eps", eps)
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None):
+    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
         G = symmetric64(G)
         K = G.shape[0]
         orders = random_task_orders(K, generator=generator, device=G.device, shuffle=self.shuffle)

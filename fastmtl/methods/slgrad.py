@@ -84,7 +84,7 @@ class SLGrad(Method):
         W = torch.where(ok, w / torch.where(ok, Z, torch.ones_like(Z)), torch.zeros_like(w))
         return W / B if self.scale == "paper_code" else W
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None):
+    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
         if reference_dots is None:
             raise ValueError("slgrad needs the dot products ⟨g_{t,e}, v⟩ with a validation gradient v: pass "
                              "reference=v (one row's structure) to combine")

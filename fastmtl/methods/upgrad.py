@@ -46,7 +46,7 @@ class UPGrad(_DualCone):
 
     name = "upgrad"
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None):
+    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
         G = symmetric64(G)
         K = G.shape[0]
         targets = torch.eye(K, dtype=G.dtype, device=G.device)
@@ -64,7 +64,7 @@ class DualProj(_DualCone):
 
     name = "dualproj"
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None):
+    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
         G = symmetric64(G)
         K = G.shape[0]
         target = _preference(self.pref, K, G.device)[None, :]

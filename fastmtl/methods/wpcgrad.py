@@ -77,7 +77,7 @@ class WeightedPCGrad(Method):
         # Clamp: a zero or negative loss must not make the distribution undefined.
         return source.to(device).clamp_min(1e-12) ** self.gamma
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None):
+    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
         G = symmetric64(G)
         K = G.shape[0]
         priorities = self.task_priorities(K, losses, G.device)  # validates K before any state changes
