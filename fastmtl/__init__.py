@@ -6,11 +6,12 @@ form ``Σ λ_k g_k``. See the README for the methods, their papers and scale con
 """
 
 from .api import CombineInfo, combine
+from .training import backward
 from .methods import METHODS, Method
 from .ops import available_backends, gramian, use_backend, weighted_sum
-from . import methods
+from . import methods, training
 
 __version__ = "0.1.0"
 
-__all__ = ["combine", "CombineInfo", "gramian", "weighted_sum", "use_backend", "available_backends",
+__all__ = ["combine", "backward", "training", "CombineInfo", "gramian", "weighted_sum", "use_backend", "available_backends",
            "methods", "Method", "METHODS", "__version__"]

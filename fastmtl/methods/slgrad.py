@@ -36,7 +36,8 @@ class SLGrad(Method):
         W = info.weights.reshape(K, B)           # the coefficients c·W
 
     Cost: one pass over the K·B rows for the dot products with ``v`` (not a (K·B)² Gram), one
-    weighted sum. The fast path, which never forms per-sample gradients, is
+    weighted sum; ``return_info=True`` additionally forms the (K·B)×(K·B) Gram of the rows for
+    ``info.gram``/``info.cosine``. The fast path, which never forms per-sample gradients, is
     :func:`fastmtl.training.slgrad_step` (one forward-mode JVP gives all ``a_{t,e}``).
     The authors' code also takes a look-ahead optimizer step before computing the weights; that
     is a trainer-level choice, not part of this rule.

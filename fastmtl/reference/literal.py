@@ -332,7 +332,7 @@ def cagrad_literal(J, c: float = 0.5, *, rescale: int = 1, multiply_by_k: bool =
     if rescale not in (0, 1, 2):
         raise ValueError(f"rescale must be 0, 1 or 2, got {rescale!r}")
     if c < 0:
-        raise ValueError(f"c must be ≥ 0, got {c}")
+        raise ValueError(f"c must be finite and ≥ 0, got {c}")
     g = _rows(J)
     g0 = torch.zeros(J.shape[1], dtype=torch.float64)
     for gi in g:
