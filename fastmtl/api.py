@@ -9,7 +9,7 @@ import torch
 
 from ._inputs import (canonicalize, canonicalize_out, check_finite as _check_finite, losses_tensor)
 from .methods import make_method
-from .ops.primitives import assemble, gramian_of, weighted_sum_of
+from .ops.primitives import assemble, gramian_of
 from .ops.registry import select
 
 

@@ -33,6 +33,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
+from ._op_entries import column_numels, first_entry  # noqa: F401  (re-exported)
+
 from ._inputs import TaskGradients
 
 # Must match kOutPad in csrc/multi_tensor.cuh.
@@ -123,29 +125,7 @@ def is_available() -> bool:
 
 
 def _check_entries(tensors: Sequence[Optional[torch.Tensor]], num_tasks: int, op: str) -> torch.Tensor:
-    if num_tasks < 1:
-        raise RuntimeError(f"{op}: num_tasks must be at least 1, got {num_tasks}")
-    if len(tensors) == 0 or len(tensors) % num_tasks != 0:
-        raise RuntimeError(f"{op}: expected num_tasks * P entries, got {len(tensors)} for num_tasks = {num_tasks}")
-    for t in tensors:
-        if t is not None:
-            return t
-    raise RuntimeError(f"{op}: every entry is None; at least one task gradient is needed")
-
-
-def column_numels(tensors: Sequence[Optional[torch.Tensor]], num_tasks: int) -> List:
-    """Elements of every parameter (0 where no task has a tensor), from the task-major entries."""
-    P = len(tensors) // num_tasks
-    numels = []
-    for p in range(P):
-        n = 0
-        for k in range(num_tasks):
-            t = tensors[k * P + p]
-            if t is not None:
-                n = t.numel()
-                break
-        numels.append(n)
-    return numels
+    return first_entry(tensors, num_tasks, op, RuntimeError)
 
 
 def padded(n):

@@ -146,7 +146,7 @@ def shard(layout, J, world, rank, reference=None):
     grads = []
     for k in range(K):
         row = []
-        for p, shape in enumerate(SHAPES):
+        for p, _shape in enumerate(SHAPES):
             t = params[k][p]
             lo, hi = param_rows(p, world, rank)
             row.append(None if t is None else t[lo:hi].clone())

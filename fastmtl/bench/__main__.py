@@ -56,9 +56,13 @@ def cmd_toy(args) -> None:
     t = time.time()
     results = toys.cagrad_toy_table(methods, steps=args.steps, lr=args.lr, starts=starts,
                                     record_every=max(1, args.steps // 200))
+    _report_toy(args, results, methods, starts, time.time() - t)
+
+
+def _report_toy(args, results, methods, starts, seconds: float) -> None:
     print(toys.format_cagrad_table(results, methods, starts))
     print(f"(final x and mean loss; ✓ = within 0.01 of the average-loss optimum {toys.CAGRAD_OPTIMUM}; "
-          f"{time.time() - t:.0f} s)")
+          f"{seconds:.0f} s)")
     if args.plot:
         os.makedirs(os.path.dirname(args.plot) or ".", exist_ok=True)
         if toys.plot_cagrad_trajectories(results, methods, args.plot):
@@ -71,13 +75,7 @@ def cmd_toy_fast(args, methods, starts) -> None:
     t = time.time()
     results = toys.run_toy_batched(toys.cagrad_toy_losses, starts, methods, steps=args.steps, lr=args.lr,
                                    record_every=max(1, args.steps // 200), compile=True, progress=True)
-    print(toys.format_cagrad_table(results, methods, starts))
-    print(f"(final x and mean loss; ✓ = within 0.01 of the average-loss optimum {toys.CAGRAD_OPTIMUM}; "
-          f"{time.time() - t:.0f} s)")
-    if args.plot:
-        os.makedirs(os.path.dirname(args.plot) or ".", exist_ok=True)
-        if toys.plot_cagrad_trajectories(results, methods, args.plot):
-            print(f"wrote {args.plot}")
+    _report_toy(args, results, methods, starts, time.time() - t)
 
 
 def cmd_experiment(args) -> None:

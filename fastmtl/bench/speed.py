@@ -92,7 +92,7 @@ def run_speed(methods: Iterable[str], K: int, D: int, *, dtype: torch.dtype = to
         gen = torch.Generator(device="cpu").manual_seed(0)
         losses = torch.linspace(1.0, 2.0, K)
 
-        def run(b=backend):
+        def run(b=backend, method=method, losses=losses, gen=gen):
             return fastmtl.combine(grads, method=method, losses=losses, generator=gen, backend=b)
 
         _, info = fastmtl.combine(grads, method=method, losses=losses, generator=gen, backend=backend,
@@ -105,7 +105,7 @@ def run_speed(methods: Iterable[str], K: int, D: int, *, dtype: torch.dtype = to
         if method in jd and dtype == torch.float32:
             agg = jd[method]
             try:
-                jd_t = median_time(lambda: agg(J), device, reps=reps)
+                jd_t = median_time(lambda agg=agg: agg(J), device, reps=reps)
             except Exception as exc:  # a peer failing must not stop the table
                 print(f"  torchjd {method} failed: {exc!r}", file=sys.stderr)
         bytes_moved = 2 * K * D * J.element_size() + D * J.element_size()

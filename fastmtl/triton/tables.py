@@ -54,6 +54,8 @@ from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
 
 import torch
+
+from .._op_entries import column_numels, first_entry  # noqa: F401  (re-exported)
 import triton
 import triton.language as tl
 
@@ -156,30 +158,7 @@ class Inputs:
 
 def first_tensor(tensors: Sequence[Optional[torch.Tensor]], num_tasks: int, op: str) -> torch.Tensor:
     """The first non-``None`` entry, after checking the task-major list shape (also used by fakes)."""
-    if num_tasks < 1:
-        raise ValueError(f"{op}: num_tasks must be at least 1, got {num_tasks}")
-    if len(tensors) == 0 or len(tensors) % num_tasks != 0:
-        raise ValueError(f"{op}: expected num_tasks * P entries (task-major), got {len(tensors)} for "
-                         f"num_tasks = {num_tasks}")
-    for t in tensors:
-        if t is not None:
-            return t
-    raise ValueError(f"{op}: every entry is None; at least one task gradient is needed")
-
-
-def column_numels(tensors: Sequence[Optional[torch.Tensor]], num_tasks: int) -> list:
-    """Elements of every parameter (0 where no task has a tensor); works on fake tensors."""
-    P = len(tensors) // num_tasks
-    numels = []
-    for p in range(P):
-        n = 0
-        for k in range(num_tasks):
-            t = tensors[k * P + p]
-            if t is not None:
-                n = t.numel()
-                break
-        numels.append(n)
-    return numels
+    return first_entry(tensors, num_tasks, op, ValueError)
 
 
 def gather_inputs(tensors: Sequence[Optional[torch.Tensor]], num_tasks: int, op: str) -> Inputs:
