@@ -25,6 +25,7 @@ import time
 import torch
 
 from . import speed, toys
+from .timing import copy_bandwidth
 
 DEMO_METHODS = ["mean", "pcgrad", "cagrad", "mgda", "upgrad", "dualproj", "imtl_g", "aligned_mtl"]
 
@@ -130,6 +131,8 @@ def cmd_sweep(args) -> None:
     layouts = args.layouts.split(",")
     methods = args.methods.split(",") if args.methods else ["mean", "pcgrad", "cagrad", "upgrad"]
     rows = []
+    copy_bw = copy_bandwidth(dev)
+    print(f"# sweep on {_device_name(dev)}: measured copy bandwidth {copy_bw / 1e9:.1f} GB/s", flush=True)
     total = len(Ks) * len(Ds) * len(dtypes) * len(layouts)
     i = 0
     for D in Ds:
@@ -143,13 +146,21 @@ def cmd_sweep(args) -> None:
                         continue
                     print(f"[{i}/{total}] K={K} D={D:.0e} {dtype} {layout}", file=sys.stderr, flush=True)
                     rows += speed.run_speed(methods, K, D, dtype=dtype, device=dev, layout=layout,
-                                            backend=args.backend, reps=args.reps, progress=False)
+                                            backend=args.backend, reps=args.reps, progress=False,
+                                            copy_bw=copy_bw)
+                    if args.with_reference and dev != "cpu":
+                        rows += speed.run_speed(methods, K, D, dtype=dtype, device=dev, layout=layout,
+                                                backend="reference", reps=args.reps, progress=False,
+                                                copy_bw=copy_bw, peers=False)
                     if dev != "cpu":
                         torch.cuda.empty_cache()
     print(speed.format_table(rows))
     if args.out and rows:
         speed.write_csv(rows, args.out)
         print(f"wrote {args.out}")
+        png = os.path.splitext(args.out)[0] + ".png"
+        if speed.plot_sweep(rows, png, f"combine on {_device_name(dev)} (copy bandwidth {copy_bw / 1e9:.0f} GB/s)"):
+            print(f"wrote {png}")
 
 
 def main(argv=None) -> None:
@@ -202,6 +213,8 @@ def main(argv=None) -> None:
     p.add_argument("--backend", default=None)
     p.add_argument("--reps", type=int, default=5)
     p.add_argument("--max-bytes", type=float, default=2e9, help="CPU: skip sizes whose gradients exceed this")
+    p.add_argument("--with-reference", action=argparse.BooleanOptionalAction, default=True,
+                   help="on GPUs, also time every point on the reference backend (rows with backend=reference)")
     p.add_argument("--out", default="bench_out/sweep.csv")
     p.set_defaults(fn=cmd_sweep)
 

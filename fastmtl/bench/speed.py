@@ -14,7 +14,7 @@ from typing import Iterable, List, Optional
 import torch
 
 import fastmtl
-from .peers import torchjd_aggregators
+from .peers import LIBMTL_STYLE, torchjd_aggregators
 from .timing import median_time
 
 
@@ -31,10 +31,13 @@ class SpeedRow:
     floor_ms: float
     ratio_floor: float
     gbps: float
+    pct_copy_bw: Optional[float]
     ref_ms: Optional[float]
     speedup_vs_reference: Optional[float]
     torchjd_ms: Optional[float]
     speedup_vs_torchjd: Optional[float]
+    libmtl_style_ms: Optional[float] = None
+    speedup_vs_libmtl_style: Optional[float] = None
 
 
 def make_inputs(K: int, D: int, dtype: torch.dtype, device: str, layout: str, seed: int = 0):
@@ -83,7 +86,9 @@ def floor_time(J: torch.Tensor) -> float:
 
 def run_speed(methods: Iterable[str], K: int, D: int, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
               layout: str = "matrix", backend: Optional[str] = None, peers: bool = True, reps: int = 7,
-              progress: bool = True) -> List[SpeedRow]:
+              progress: bool = True, copy_bw: Optional[float] = None) -> List[SpeedRow]:
+    """Time ``combine`` for each method; ``copy_bw`` (bytes/s, e.g. from :func:`copy_bandwidth`)
+    adds the achieved fraction of the device's copy bandwidth."""
     grads, J = make_inputs(K, D, dtype, device, layout)
     floor = floor_time(J)
     jd = torchjd_aggregators() if peers and layout == "matrix" else {}
@@ -108,30 +113,73 @@ def run_speed(methods: Iterable[str], K: int, D: int, *, dtype: torch.dtype = to
                 jd_t = median_time(lambda agg=agg: agg(J), device, reps=reps)
             except Exception as exc:  # a peer failing must not stop the table
                 print(f"  torchjd {method} failed: {exc!r}", file=sys.stderr)
+        lib_t = None
+        if peers and method in LIBMTL_STYLE and layout == "matrix" and dtype == torch.float32 and K * D <= 2e8:
+            fn = LIBMTL_STYLE[method]
+            lib_t = median_time(lambda fn=fn: fn(J), device, reps=max(3, reps // 2))
         bytes_moved = 2 * K * D * J.element_size() + D * J.element_size()
         rows.append(SpeedRow(
             method=method, K=K, D=D, dtype=str(dtype).replace("torch.", ""), device=str(device), layout=layout,
             backend=info.backend, ms=t * 1e3, floor_ms=floor * 1e3, ratio_floor=t / floor,
-            gbps=bytes_moved / t / 1e9, ref_ms=None if ref_t is None else ref_t * 1e3,
+            gbps=bytes_moved / t / 1e9, pct_copy_bw=None if copy_bw is None else 100 * bytes_moved / t / copy_bw,
+            ref_ms=None if ref_t is None else ref_t * 1e3,
             speedup_vs_reference=None if ref_t is None else ref_t / t,
             torchjd_ms=None if jd_t is None else jd_t * 1e3,
-            speedup_vs_torchjd=None if jd_t is None else jd_t / t))
+            speedup_vs_torchjd=None if jd_t is None else jd_t / t,
+            libmtl_style_ms=None if lib_t is None else lib_t * 1e3,
+            speedup_vs_libmtl_style=None if lib_t is None else lib_t / t))
         if progress:
             print(f"  measured {method:12s} K={K} D={D:.0e} {rows[-1].ms:9.2f} ms", file=sys.stderr, flush=True)
     return rows
 
 
 def format_table(rows: List[SpeedRow]) -> str:
-    head = ("| method | K | D | dtype | layout | backend | combine ms | floor ms | ×floor | GB/s | "
-            "×faster than reference | TorchJD ms | ×faster than TorchJD |")
-    lines = [head, "|" + "---|" * 13]
+    head = ("| method | K | D | dtype | layout | backend | combine ms | floor ms | ×floor | GB/s | % copy BW | "
+            "×faster than reference | TorchJD ms | ×faster than TorchJD | LibMTL-style ms | ×faster than LibMTL-style |")
+    lines = [head, "|" + "---|" * 16]
     for r in rows:
         def f(x, spec):
             return "–" if x is None else format(x, spec)
         lines.append(f"| {r.method} | {r.K} | {r.D:.0e} | {r.dtype} | {r.layout} | {r.backend} | {r.ms:.2f} | "
-                     f"{r.floor_ms:.2f} | {r.ratio_floor:.2f} | {r.gbps:.1f} | {f(r.speedup_vs_reference, '.2f')} | "
-                     f"{f(r.torchjd_ms, '.2f')} | {f(r.speedup_vs_torchjd, '.1f')} |")
+                     f"{r.floor_ms:.2f} | {r.ratio_floor:.2f} | {r.gbps:.1f} | {f(r.pct_copy_bw, '.0f')} | "
+                     f"{f(r.speedup_vs_reference, '.2f')} | {f(r.torchjd_ms, '.2f')} | {f(r.speedup_vs_torchjd, '.1f')} | "
+                     f"{f(r.libmtl_style_ms, '.2f')} | {f(r.speedup_vs_libmtl_style, '.1f')} |")
     return "\n".join(lines)
+
+
+def plot_sweep(rows: List[SpeedRow], path: str, title: str) -> bool:
+    """Achieved GB/s against D, one line per (method, backend, dtype, layout), one panel per K.
+
+    Returns False when matplotlib is missing.
+    """
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except Exception:
+        return False
+    Ks = sorted({r.K for r in rows})
+    fig, axes = plt.subplots(1, len(Ks), figsize=(4.5 * len(Ks), 4), squeeze=False, sharey=True)
+    for ax, K in zip(axes[0], Ks):
+        series = {}
+        for r in rows:
+            if r.K == K:
+                series.setdefault((r.method, r.backend, r.dtype, r.layout), []).append((r.D, r.gbps))
+        for (method, backend, dtype, layout), pts in sorted(series.items()):
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", ms=3,
+                    label=f"{method} {backend} {dtype} {layout}")
+        ax.set_xscale("log")
+        ax.set_xlabel("D (values per task)")
+        ax.set_title(f"K = {K}")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("effective GB/s (2 reads of K·D + 1 write of D)")
+    axes[0][-1].legend(fontsize=6, loc="best")
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def write_csv(rows: List[SpeedRow], path: str) -> None:
