@@ -36,7 +36,7 @@ __all__ = ["backward", "task_gradients", "head_weighting", "UNWEIGHTED_HEAD_METH
 #: GradVac, weighted PCGrad, ConFIG), LibMTL's gradient-method convention (DB-MTL) and TorchJD's
 #: ``mtl_backward`` (UPGrad, DualProj). Every other method is a loss weighting (mean, sum, MGDA,
 #: IMTL-G, Aligned-MTL, Nash-MTL, HydaLearn, OL-AUX, GradNorm, FAMO, UW, DWA, RLW, GeMTL, ...), and
-#: its heads get ``Σ_k λ_k ℓ_k`` (spec §0.3).
+#: its heads get ``Σ_k λ_k ℓ_k``, the convention of the reference implementations.
 UNWEIGHTED_HEAD_METHODS = frozenset({"pcgrad", "wpcgrad", "cagrad", "graddrop", "gradvac", "config", "db_mtl",
                                      "upgrad", "dualproj"})
 
@@ -208,7 +208,7 @@ def backward(losses: Any, shared_params: Any, method: Any = "mean", *, main_task
        kernel, with no extra pass; call ``optimizer.zero_grad()`` between steps as usual). Shared
        parameters that no task reaches keep their ``.grad`` unchanged.
     4. Task-specific parameters (``head_params``) are back-propagated in one autograd pass,
-       accumulating into their ``.grad``, with the method's convention (spec §0.3):
+       accumulating into their ``.grad``, with the method's convention:
 
        * ``"weighted"`` — ``∇_heads Σ_k λ_k ℓ_k``, λ detached: every loss-weighting method
          (mean, sum, MGDA, IMTL-G, Aligned-MTL, Nash-MTL, HydaLearn, OL-AUX, GradNorm, FAMO, UW,

@@ -1,4 +1,4 @@
-"""Offline MTL experiments B3b, B4 and B5 (``spec/BENCHMARKS.md``), trained with
+"""Offline MTL experiments B3b, B4 and B5 (recipes in the README), trained with
 :func:`fastmtl.training.backward` and :func:`fastmtl.training.slgrad_step`.
 
 * **B3b — RelReg**: synthetic regression with a noisy main task, a helpful auxiliary (weights
