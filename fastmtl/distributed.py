@@ -42,7 +42,7 @@ declare ``uses_generator = False`` / ``True`` to say whether it does.
 
 Methods whose direction is not one Gram-weighted combination (``gram_free_direction``) run
 shard-locally, without communication, when they declare ``shard_local = True`` — elementwise
-methods are shard-local by nature; GradDrop is treated as such. Their random draws are each rank's
+methods are shard-local by nature, and GradDrop declares it. Their random draws are each rank's
 own (GradDrop numbers its uniforms by position within the shard): pass per-rank seeds (e.g.
 ``seed + rank``) for independent masks across shards. Any other such method raises
 ``NotImplementedError`` with ``process_group`` (it would need whole gradients or per-block Grams).
@@ -119,17 +119,8 @@ def _default_generator(device: torch.device) -> torch.Generator:
 
 
 def _may_draw_random(method) -> bool:
-    """Whether ``method.weights`` may draw from its generator (unknown methods: assume it may)."""
-    flag = getattr(type(method), "uses_generator", None)
-    if flag is not None:
-        return bool(flag)
-    from . import methods as M
-
-    if type(method) in tuple(filter(None, (getattr(M, "PCGrad", None), getattr(M, "GradVac", None)))):
-        return bool(getattr(method, "shuffle", True))
-    deterministic = ("Mean", "Sum", "CAGrad", "MGDA", "IMTLG", "UPGrad", "DualProj", "AlignedMTL", "HydaLearn",
-                     "NashMTL", "ConFIG", "OLAUX", "GeMTL", "UW", "DWA", "FAMO")
-    return type(method) not in tuple(filter(None, (getattr(M, n, None) for n in deterministic)))
+    """Whether ``method.weights`` may draw from its generator (``Method.uses_generator``)."""
+    return bool(getattr(method, "uses_generator", True))
 
 
 def _pack_state(state: Optional[torch.Tensor], capacity: int) -> torch.Tensor:
@@ -276,14 +267,8 @@ def all_reduce_gram(G: torch.Tensor, process_group: Any) -> torch.Tensor:
 
 
 def _is_shard_local(method) -> bool:
-    """Whether a ``gram_free_direction`` method is elementwise (its ``shard_local`` flag; GradDrop is)."""
-    flag = getattr(type(method), "shard_local", None)
-    if flag is not None:
-        return bool(flag)
-    from . import methods as M
-
-    graddrop = getattr(M, "GradDrop", None)
-    return graddrop is not None and type(method) is graddrop
+    """Whether a ``gram_free_direction`` method is elementwise (``Method.shard_local``)."""
+    return bool(getattr(method, "shard_local", False))
 
 
 def check_shard_local(method, tg: TaskGradients, process_group: Any, losses: Optional[torch.Tensor] = None,

@@ -196,3 +196,20 @@ def test_loss_only_weights_are_built_on_the_gradients_device(method):
     lam = m.weights(None, losses=None if method in ("mean", "sum", "rlw", "uw") else torch.ones(3, device="meta"),
                     generator=None, num_tasks=3, device=J.device)
     assert lam.device.type == "meta" and lam.shape == (3,)
+
+
+@pytest.mark.parametrize("method", ALL_METHODS + ["nash_mtl", "config", "olaux", "gradnorm", "gemtl", "uw", "dwa",
+                                                  "famo", "rlw", "gradvac"])
+def test_uses_generator_flag_is_honest(method):
+    # Sharded combine shares rank 0's generator only for methods that declare they draw; a method
+    # that says it does not must give the same λ whatever the generator.
+    J = make_jacobian("conflict", 4, 30, seed=3)
+    losses = torch.tensor([1.0, 2.0, 0.5, 1.5], dtype=torch.float64)
+    m = fastmtl.methods.make_method(method, {})
+    if m.uses_generator:
+        pytest.skip("declares that it draws random numbers")
+    _, a = fastmtl.combine(J, method=method, losses=losses, generator=torch.Generator().manual_seed(1),
+                           return_info=True)
+    _, b = fastmtl.combine(J, method=method, losses=losses, generator=torch.Generator().manual_seed(2),
+                           return_info=True)
+    torch.testing.assert_close(a.weights, b.weights, rtol=0, atol=0)

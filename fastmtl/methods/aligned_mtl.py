@@ -20,6 +20,8 @@ class AlignedMTL(Method):
     On CUDA the symmetric eigen-solver checks convergence and so synchronises once per call.
     """
 
+    uses_generator = False
+
     name = "aligned_mtl"
 
     def __init__(self, scale_mode: str = "min"):

@@ -25,7 +25,12 @@ class Method:
       ``method=instance``;
     * ``gram_free_direction``: the method is not "Gram → λ → Jᵀλ" (GradDrop's elementwise masks,
       DB-MTL's combination of a state buffer, per-block methods); it overrides
-      :meth:`direction` and receives the validated gradients themselves.
+      :meth:`direction` and receives the validated gradients themselves;
+    * ``uses_generator``: the method may draw random numbers (default ``True``, the safe
+      assumption: sharded ``combine`` then shares rank 0's generator state); deterministic methods
+      say ``False``;
+    * ``shard_local``: a ``gram_free_direction`` method that is elementwise, so it runs on each
+      rank's gradient shard unchanged.
     """
 
     name: ClassVar[str] = ""
@@ -35,6 +40,8 @@ class Method:
     stateful: ClassVar[bool] = False
 
     gram_free_direction: ClassVar[bool] = False
+    uses_generator: ClassVar[bool] = True
+    shard_local: ClassVar[bool] = False
 
     reference = None
 

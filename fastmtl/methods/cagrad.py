@@ -25,6 +25,8 @@ class CAGrad(Method):
         c: radius of the trust region relative to ``‖g_0‖`` (paper default 0.5; 0.4 in its NYUv2 runs).
     """
 
+    uses_generator = False
+
     name = "cagrad"
 
     def __init__(self, c: float = 0.5, rescale: int = 1, multiply_by_k: bool = True):

@@ -31,6 +31,8 @@ class ConFIG(Method):
     Scale: ``‖d‖ = Σ_i ⟨g_i, x̂⟩`` (sum of the projections, the official default length model).
     """
 
+    uses_generator = False
+
     name = "config"
 
     def __init__(self, pref: Optional[Sequence[float]] = None, rcond: Optional[float] = None):

@@ -35,6 +35,8 @@ class DBMTL(Method):
     Needs the losses: ``combine(grads, method=instance, losses=losses)``.
     """
 
+    uses_generator = False
+
     name = "db_mtl"
     requires_gram = False
     uses_losses = True

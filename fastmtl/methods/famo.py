@@ -74,6 +74,8 @@ class FAMO(Method):
     no clipping is applied here.
     """
 
+    uses_generator = False
+
     name = "famo"
     requires_gram = False
     uses_losses = True

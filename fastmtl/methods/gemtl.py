@@ -39,6 +39,8 @@ class GeMTL(Method):
     ``ℓ/(K·Πℓ)`` are a logging quantity, not λ.
     """
 
+    uses_generator = False
+
     name = "gemtl"
     requires_gram = False
     uses_losses = True

@@ -49,6 +49,8 @@ class GradNorm(Method):
     State: ``w`` or ``s``, ``ℓ(0)`` (and the first-epoch loss sums), optimizer moments.
     """
 
+    uses_generator = False
+
     name = "gradnorm"
     uses_losses = True
     stateful = True

@@ -71,6 +71,7 @@ class GradVac(Method):
         self.beta = beta
         self.eps = check_positive("eps", eps)
         self.shuffle = bool(shuffle)
+        self.uses_generator = self.shuffle  # a fixed order draws nothing
         self.granularity = granularity
         self.reset()
 

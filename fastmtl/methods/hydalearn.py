@@ -29,6 +29,8 @@ class HydaLearn(Method):
     Gram-space method and lives in the training API.
     """
 
+    uses_generator = False
+
     name = "hydalearn"
     uses_reference = True
 

@@ -18,6 +18,8 @@ class IMTLG(Method):
     On CUDA the symmetric eigen-solver checks convergence and so synchronises once per call.
     """
 
+    uses_generator = False
+
     name = "imtl_g"
 
     def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):

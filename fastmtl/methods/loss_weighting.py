@@ -35,6 +35,8 @@ class UW(Method):
     ``e^{−s}``, i.e. twice as large).
     """
 
+    uses_generator = False
+
     name = "uw"
     requires_gram = False
     uses_losses = True
@@ -98,6 +100,8 @@ class DWA(Method):
     State: the current epoch's loss sum and count and the last two epoch averages (or the window).
     A zero average loss is clamped at 1e-12 in the ratio.
     """
+
+    uses_generator = False
 
     name = "dwa"
     requires_gram = False

@@ -20,6 +20,8 @@ class MGDA(Method):
     ``d = Σ w*_i g_i``, ``Σλ = 1``. A zero ``γ_i`` is replaced by 1 (that task's row is zero anyway).
     """
 
+    uses_generator = False
+
     name = "mgda"
     uses_losses = True
 

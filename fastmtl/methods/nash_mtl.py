@@ -44,6 +44,8 @@ class NashMTL(Method):
         fallback_tol: residual above which a solve counts as "no solution".
     """
 
+    uses_generator = False
+
     name = "nash_mtl"
     stateful = True
 

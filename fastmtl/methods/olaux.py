@@ -37,6 +37,8 @@ class OLAUX(Method):
     Scale: ``λ_main = 1``, auxiliary weights unnormalised.
     """
 
+    uses_generator = False
+
     name = "olaux"
     stateful = True
 

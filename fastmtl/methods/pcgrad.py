@@ -35,6 +35,7 @@ class PCGrad(Method):
     def __init__(self, shuffle: bool = True, reduction: str = "sum", eps: float = 1e-8):
         check_choice("reduction", reduction, ("sum", "mean"))
         self.shuffle = bool(shuffle)
+        self.uses_generator = self.shuffle  # a fixed order draws nothing
         self.reduction = reduction
         self.eps = check_positive("eps", eps)
 

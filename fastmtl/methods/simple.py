@@ -10,6 +10,8 @@ from .base import Method
 class Mean(Method):
     """Uniform weighting ``λ_k = 1/K``: gradient of the mean loss. No Gram matrix is computed."""
 
+    uses_generator = False
+
     name = "mean"
     requires_gram = False
 
@@ -20,6 +22,8 @@ class Mean(Method):
 
 class Sum(Method):
     """Unit weighting ``λ_k = 1``: gradient of the summed loss. No Gram matrix is computed."""
+
+    uses_generator = False
 
     name = "sum"
     requires_gram = False

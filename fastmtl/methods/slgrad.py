@@ -49,6 +49,8 @@ class SLGrad(Method):
         higher_is_better: flip the sign of ``a`` (``v`` is the gradient of a metric to increase).
     """
 
+    uses_generator = False
+
     name = "slgrad"
     requires_gram = False
     uses_reference = True

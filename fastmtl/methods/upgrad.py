@@ -21,6 +21,8 @@ def _preference(pref, K: int, device) -> torch.Tensor:
 
 
 class _DualCone(Method):
+    uses_generator = False
+
     def __init__(self, pref: Optional[Sequence[float]] = None, reg_eps: float = 1e-4,
                  norm_eps: float = 1e-4, iterations: Optional[int] = None):
         if pref is not None:
