@@ -54,3 +54,20 @@ def test_graddrop_info_and_validation():
         fastmtl.combine(J, method="graddrop", leak=[2.0, 0.0])
     with pytest.raises(ValueError, match="leak has 3 entries"):
         fastmtl.combine(J, method="graddrop", leak=[0.0, 0.0, 0.0])
+
+
+def test_triton_backend_through_combine_matches_reference():
+    if "triton" not in fastmtl.available_backends():
+        pytest.skip("triton backend unavailable")
+    J = torch.randn(3, 300)
+    params = [[J[k, :100].reshape(10, 10), None if k == 1 else J[k, 100:]] for k in range(3)]
+    for grads in (J, params):
+        ref = fastmtl.combine(grads, method="graddrop", generator=torch.Generator().manual_seed(4), backend="reference")
+        tri = fastmtl.combine(grads, method="graddrop", generator=torch.Generator().manual_seed(4), backend="triton")
+        for a, b in zip(ref if isinstance(ref, list) else [ref], tri if isinstance(tri, list) else [tri]):
+            torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+
+
+def test_backend_without_graddrop_is_refused():
+    with pytest.raises(RuntimeError, match="no graddrop implementation"):
+        fastmtl.combine(torch.randn(2, 5), method="graddrop", backend="cuda")

@@ -8,8 +8,8 @@ from typing import Optional, Sequence
 import torch
 
 from .base import Method, check_positive
-from ..ops.registry import get_backend, requested_backend
-from ..reference.graddrop import DEFAULT_EPS, graddrop_ref
+from ..ops.registry import select
+from ..reference.graddrop import DEFAULT_EPS
 
 
 class GradDrop(Method):
@@ -21,10 +21,11 @@ class GradDrop(Method):
     main task — through unchanged). Scale: sum over tasks (the CAGrad repository's mean ×K).
 
     The uniforms are counter-based (Philox, identical on the Triton kernel and the PyTorch
-    reference): each call draws a seed from ``generator`` (a CPU generator by default, so no
-    device synchronisation) and numbers elements by their position in the concatenation of the
-    parameters. On CUDA tensors the fused Triton kernel runs (one pass: read K values, write one);
-    elsewhere the reference. ``info.weights`` is ``None``: the direction is not one combination.
+    reference): each call draws a seed from ``generator`` (the default CPU generator when none is
+    given; a CPU generator needs no device synchronisation) and numbers elements by their position
+    in the concatenation of the parameters. The registry's ``graddrop`` primitive runs it: the fused
+    Triton kernel on CUDA tensors (one pass: read K values, write one), the reference elsewhere.
+    ``info.weights`` is ``None``: the direction is not one combination.
 
     GradDrop was proposed at a layer's activations; applied to parameter gradients, as here, it is
     the variant most libraries ship (LibMTL's parameter mode, TorchJD).
@@ -55,26 +56,11 @@ class GradDrop(Method):
             if self.leak.shape[0] != K:
                 raise ValueError(f"leak has {self.leak.shape[0]} entries for K={K} tasks")
             leak = self.leak.to(tg.device)
-        gen = generator if generator is not None and generator.device.type == "cpu" else None
-        seed = int(torch.randint(0, 2 ** 62, (1,), generator=gen).item())  # host-side draw, no device sync
-        request = requested_backend(backend)
-        name = request[0] if request is not None else None
-        triton = get_backend("triton") if "triton" in _backend_names() else None
-        use_triton = triton is not None and (
-            name == "triton" or (name is None and tg.device.type == "cuda"
-                                 and not triton.not_supported_reasons("gramian", tg)))
-        if name == "triton" and triton is not None:
-            reasons = triton.not_supported_reasons("gramian", tg)
-            if reasons:
-                raise RuntimeError(f"backend 'triton' cannot run GradDrop on these inputs: {', '.join(reasons)}")
-        if use_triton:
-            from ..triton.graddrop import graddrop_triton
-            parts = graddrop_triton(tg, seed, 0, leak, self.eps, out)
-        else:
-            parts = graddrop_ref(tg, seed, 0, leak, self.eps, out)
+        # One seed per call. With a CPU generator (or none: the default CPU generator) this is a
+        # host-side draw; a CUDA generator is honoured too, at the cost of one synchronisation.
+        gen_device = generator.device if generator is not None else "cpu"
+        seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=gen_device).item())
+        chosen = select("graddrop", tg, backend)
+        parts = chosen.implementations["graddrop"](tg, seed, 0, leak, self.eps, out)
         return parts, None, None
 
-
-def _backend_names():
-    from ..ops.registry import _BACKENDS
-    return _BACKENDS

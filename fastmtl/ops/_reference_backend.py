@@ -1,6 +1,7 @@
 """Registers the pure-PyTorch reference backend: every device and dtype, deterministic."""
 
 from .._inputs import SUPPORTED_DTYPES
+from ..reference.graddrop import graddrop_ref
 from ..reference.primitives import gramian_ref, weighted_sum_ref
 from .registry import Backend, register_backend
 
@@ -12,5 +13,5 @@ register_backend(Backend(
     # Fixed-order loops and BLAS calls; bitwise repeatable for a fixed shape, device and thread count.
     deterministic=True,
     probe=lambda: None,
-    implementations={"gramian": gramian_ref, "weighted_sum": weighted_sum_ref},
+    implementations={"gramian": gramian_ref, "weighted_sum": weighted_sum_ref, "graddrop": graddrop_ref},
 ))

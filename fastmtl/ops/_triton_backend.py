@@ -74,6 +74,10 @@ def _weighted_sum(tg, weights, out=None):
     return _module().weighted_sum_triton(tg, weights, out)
 
 
+def _graddrop(tg, seed, offset, leak, eps, out=None):
+    return _module().graddrop_triton(tg, seed, offset, leak, eps, out)
+
+
 register_backend(Backend(
     name="triton",
     priority=10,
@@ -82,7 +86,7 @@ register_backend(Backend(
     # Fixed-order two-stage reductions without atomics; bitwise repeatable for a given device.
     deterministic=True,
     probe=_probe,
-    implementations={"gramian": _gramian, "weighted_sum": _weighted_sum},
+    implementations={"gramian": _gramian, "weighted_sum": _weighted_sum, "graddrop": _graddrop},
     extra_reasons=_extra_reasons,
     automatic_devices=("cuda",),
 ))
