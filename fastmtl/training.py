@@ -20,8 +20,7 @@ from typing import Any, Callable, List, NamedTuple, Optional, Sequence, Tuple
 
 import torch
 
-from . import api as _api
-from .api import CombineInfo, combine
+from .api import CombineInfo, _check_num_tasks, _method_weights, combine
 from .methods import METHODS, Method, make_method
 from .methods.hydalearn import HydaLearn
 from .methods.slgrad import SLGrad
@@ -308,15 +307,9 @@ def backward(losses: Any, shared_params: Any, method: Any = "mean", *, main_task
         if not return_info and not m.requires_gram and not m.gram_free_direction:
             # Loss-only weighting: λ without a Gram pass (which combine(return_info=True) would
             # add), then one weighted sum — the same steps as combine.
-            check = getattr(_api, "_check_num_tasks", None)
-            if check is not None:
-                check(m, K)
-            weigh = getattr(_api, "_method_weights", None)
-            if weigh is not None:
-                lam = weigh(m, None, losses=loss_vec, generator=generator, reference_dots=None, num_tasks=K,
-                            check_finite=False, device=shared[0].device)
-            else:
-                lam = m.weights(None, losses=loss_vec, generator=generator, reference_dots=None, num_tasks=K)
+            _check_num_tasks(m, K)
+            lam = _method_weights(m, None, losses=loss_vec, generator=generator, reference_dots=None, num_tasks=K,
+                                  check_finite=False, device=shared[0].device)
             weighted_sum(grads, lam, out=bufs, backend=backend)
             info = None
         elif not return_info and not (need_heads and convention == "weighted"):
