@@ -34,7 +34,7 @@ from typing import Optional, Sequence
 import torch
 
 from .._inputs import TaskGradients
-from .primitives import accumulate_dtype
+from .primitives import accumulate_dtype, emit
 
 DEFAULT_EPS = 1e-7
 
@@ -149,9 +149,5 @@ def graddrop_ref(tg: TaskGradients, seed: int, offset: int = 0, leak: Optional[t
             if rows[k] is not None:
                 d = d + torch.where(masks[k], rows[k], leak_vals[k] * rows[k])
         base += n
-        if target is None:
-            results.append(d.to(tg.dtype).view(shape))
-        else:
-            target.copy_(d.view(shape))
-            results.append(target)
+        results.append(emit(d, shape, tg.dtype, target))
     return results

@@ -100,9 +100,14 @@ def weighted_sum_ref(tg: TaskGradients, weights: torch.Tensor,
         d = torch.zeros(tg.numels[p], dtype=acc, device=tg.device)
         for k in tg.present(p):
             d.addcmul_(views[k], lam[k])
-        if target is None:
-            results.append(d.to(tg.dtype).view(shape))
-        else:
-            target.copy_(d.view(shape))
-            results.append(target)
+        results.append(emit(d, shape, tg.dtype, target))
     return results
+
+
+def emit(d: torch.Tensor, shape, dtype: torch.dtype, target: Optional[torch.Tensor]) -> torch.Tensor:
+    """An accumulated flat result as the output for one parameter: cast to ``dtype`` and shaped, or
+    written into ``target`` (cast to its dtype) and ``target`` returned."""
+    if target is None:
+        return d.to(dtype).view(shape)
+    target.copy_(d.view(shape))
+    return target
