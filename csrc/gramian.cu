@@ -24,10 +24,23 @@
 // blockIdx.x varies fastest, so the blocks of all tile pairs for the same chunks run together and
 // share the loaded rows through L2: DRAM traffic stays close to one read of the K rows.
 //
-// Accumulation is in float (double for float64 inputs). A task without a gradient for a parameter
-// contributes zeros without being read. Hazard: missing entries are zeros, so a non-finite value in
-// one task's entry makes the products with the missing task's zeros NaN (0 * inf), where the
-// reference (which skips missing pairs) gives 0; only inputs that already hold inf/NaN are affected.
+// Accumulation is in float (double for float64 inputs).
+//
+// Missing entries (a task without a gradient for a parameter, a null table entry) are never read,
+// and they take no part in that parameter's products: the pair (i, j) gains <g_i[p], g_j[p]> only
+// when both tasks have a gradient for p, exactly as the reference (gramian_ref stacks only the
+// present tasks). Reading a missing row as zeros and multiplying through would be wrong for
+// non-finite inputs: one Inf/NaN in task i's entry would turn the pairs of i with the tasks that do
+// not touch p into NaN (0 * Inf) where the reference leaves them untouched. A chunk lies in one
+// parameter, so its presence pattern is uniform across the block; the host flags the parameters
+// with a missing entry (kFlagMissing). Two instantiations of the partials kernel split the chunks:
+// the plain one takes the unflagged chunks with no per-pair test, the MASKED one the flagged ones,
+// skipping the products of pairs with a missing row. They write separate partial slots (the
+// masked ones after the plain ones of the same tile pair) that the finalize kernel sums in slot
+// order, so the result stays bitwise repeatable. The masked kernel is launched only when the host
+// saw a missing entry; a separate kernel keeps its per-pair tests from costing the plain kernel
+// registers (inlined into one kernel they made several variants spill). Padding rows (task >= K)
+// read as missing; their pairs are discarded by the finalize kernel either way.
 #include "multi_tensor.cuh"
 
 #include <algorithm>
@@ -61,9 +74,34 @@ __device__ __forceinline__ void decode_tile_pair(int t, int tiles, int& ta, int&
   tb = ta + t;
 }
 
-template <typename T, int KT, bool TILED>
+// acc[pair] += x[i][e] * x[j][e] for the E elements of every pair of rows; MASKED skips the pairs
+// with a missing row (row[r] == nullptr), see the comment at the top of the file.
+template <int KT, bool TILED, bool MASKED, typename A, int NP, int R, int E>
+__device__ __forceinline__ void add_pairs(A (&acc)[NP], const A (&x)[R][E], const char* const (&row)[R]) {
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    if constexpr (TILED) {
+#pragma unroll
+      for (int i = 0; i < kCrossTile; ++i)
+#pragma unroll
+        for (int j = 0; j < kCrossTile; ++j)
+          if (!MASKED || (row[i] && row[kCrossTile + j]))
+            acc[i * kCrossTile + j] = fma_acc(x[i][e], x[kCrossTile + j][e], acc[i * kCrossTile + j]);
+    } else {
+      int q = 0;
+#pragma unroll
+      for (int i = 0; i < KT; ++i)
+#pragma unroll
+        for (int j = i; j < KT; ++j, ++q)
+          if (!MASKED || (row[i] && row[j])) acc[q] = fma_acc(x[i][e], x[j][e], acc[q]);
+    }
+  }
+}
+
+// Block (x, y) writes its partials to slot x * slots + slot0 + y of partials.
+template <typename T, int KT, bool TILED, bool MASKED>
 __global__ void __launch_bounds__(kThreads, (GramShape<T, KT, TILED>::kMinBlocks))
-    gram_partials_kernel(TableArgs a, int tiles, typename T::acc* __restrict__ partials) {
+    gram_partials_kernel(TableArgs a, int tiles, int slots, int slot0, typename T::acc* __restrict__ partials) {
   using A = typename T::acc;
   using S = GramShape<T, KT, TILED>;
   constexpr int R = S::kRows;
@@ -86,6 +124,7 @@ __global__ void __launch_bounds__(kThreads, (GramShape<T, KT, TILED>::kMinBlocks
 
   for (int64_t c = blockIdx.y; c < a.C; c += gridDim.y) {
     const ChunkInfo ci = chunk_info(a, L, c);
+    if (bool(ci.flags & kFlagMissing) != MASKED) continue;  // the other kernel's chunk (block-uniform)
     const char* row[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) {
@@ -116,22 +155,7 @@ __global__ void __launch_bounds__(kThreads, (GramShape<T, KT, TILED>::kMinBlocks
               x[r][e] = (row[r] && o + e < ci.len) ? load_scalar<T, A, true>(row[r] + int64_t(o + e) * T::size)
                                                    : A(0);
         }
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-          if constexpr (TILED) {
-#pragma unroll
-            for (int i = 0; i < kCrossTile; ++i)
-#pragma unroll
-              for (int j = 0; j < kCrossTile; ++j)
-                acc[i * kCrossTile + j] = fma_acc(x[i][e], x[kCrossTile + j][e], acc[i * kCrossTile + j]);
-          } else {
-            int q = 0;
-#pragma unroll
-            for (int i = 0; i < KT; ++i)
-#pragma unroll
-              for (int j = i; j < KT; ++j, ++q) acc[q] = fma_acc(x[i][e], x[j][e], acc[q]);
-          }
-        }
+        add_pairs<KT, TILED, MASKED>(acc, x, row);
       }
     } else {
       // Unaligned views: coalesced scalar loads, element base + e * kThreads + t.
@@ -144,22 +168,7 @@ __global__ void __launch_bounds__(kThreads, (GramShape<T, KT, TILED>::kMinBlocks
             const int idx = base + e * kThreads + threadIdx.x;
             x[r][e] = (row[r] && idx < ci.len) ? load_scalar<T, A, true>(row[r] + int64_t(idx) * T::size) : A(0);
           }
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-          if constexpr (TILED) {
-#pragma unroll
-            for (int i = 0; i < kCrossTile; ++i)
-#pragma unroll
-              for (int j = 0; j < kCrossTile; ++j)
-                acc[i * kCrossTile + j] = fma_acc(x[i][e], x[kCrossTile + j][e], acc[i * kCrossTile + j]);
-          } else {
-            int q = 0;
-#pragma unroll
-            for (int i = 0; i < KT; ++i)
-#pragma unroll
-              for (int j = i; j < KT; ++j, ++q) acc[q] = fma_acc(x[i][e], x[j][e], acc[q]);
-          }
-        }
+        add_pairs<KT, TILED, MASKED>(acc, x, row);
       }
     }
   }
@@ -174,7 +183,7 @@ __global__ void __launch_bounds__(kThreads, (GramShape<T, KT, TILED>::kMinBlocks
     if (lane == 0) red[warp][q] = v;
   }
   __syncthreads();
-  A* out = partials + (size_t(blockIdx.x) * gridDim.y + blockIdx.y) * NP;
+  A* out = partials + (size_t(blockIdx.x) * slots + slot0 + blockIdx.y) * NP;
   for (int q = threadIdx.x; q < NP; q += kThreads) {
     A s = A(0);
 #pragma unroll
@@ -273,12 +282,12 @@ decltype(auto) dispatch_dtype(DType d, F&& f) {
   }
 }
 
-// Resident blocks per multiprocessor of one kernel (queried once per instantiation).
+// Resident blocks per multiprocessor of one (plain) kernel (queried once per instantiation).
 template <typename T, int KT, bool TILED>
 int partials_occupancy() {
   static const int occ = [] {
     int n = 0;
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gram_partials_kernel<T, KT, TILED>, kThreads, 0) !=
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gram_partials_kernel<T, KT, TILED, false>, kThreads, 0) !=
         cudaSuccess) {
       (void)cudaGetLastError();
       n = 1;
@@ -290,8 +299,9 @@ int partials_occupancy() {
 
 }  // namespace
 
-GramPlan gramian_plan(DType dtype, int64_t K, int64_t C, int device) {
+GramPlan gramian_plan(DType dtype, int64_t K, int64_t C, int device, bool missing) {
   GramPlan plan{};
+  plan.masked = missing;
   const int64_t max_sym = dtype == kFloat64 ? max_sym_tasks<F64>() : kMaxSymTasks;
   if (K <= max_sym) {
     plan.kt = sym_kt(K);
@@ -327,11 +337,19 @@ cudaError_t gramian_launch(const GramPlan& plan, DType dtype, TableArgs args, vo
       constexpr int KT = decltype(kt)::value;
       constexpr bool TILED = decltype(tiled)::value;
       const dim3 grid(plan.tile_pairs, plan.blocks);
-      gram_partials_kernel<T, KT, TILED><<<grid, kThreads, 0, stream>>>(args, plan.tiles, static_cast<A*>(partials));
+      const int slots = plan.slots();
+      gram_partials_kernel<T, KT, TILED, false>
+          <<<grid, kThreads, 0, stream>>>(args, plan.tiles, slots, 0, static_cast<A*>(partials));
       cudaError_t err = cudaGetLastError();
       if (err != cudaSuccess) return err;
+      if (plan.masked) {
+        gram_partials_kernel<T, KT, TILED, true>
+            <<<grid, kThreads, 0, stream>>>(args, plan.tiles, slots, plan.blocks, static_cast<A*>(partials));
+        err = cudaGetLastError();
+        if (err != cudaSuccess) return err;
+      }
       const dim3 fgrid(plan.pairs, plan.tile_pairs);
-      gram_finalize_kernel<A><<<fgrid, kFinalThreads, 0, stream>>>(static_cast<const A*>(partials), plan.blocks,
+      gram_finalize_kernel<A><<<fgrid, kFinalThreads, 0, stream>>>(static_cast<const A*>(partials), slots,
                                                                    plan.pairs, plan.kt, plan.tiled ? 1 : 0,
                                                                    plan.tiles, args.K, static_cast<A*>(G));
       return cudaGetLastError();

@@ -82,6 +82,9 @@ struct TableLayout {
 };
 
 constexpr int64_t kFlagAligned = 1;
+// Some task has no gradient for this parameter (a null entry in a column with elements): the Gram
+// takes such chunks in its masked kernel (gramian.cu, on missing entries).
+constexpr int64_t kFlagMissing = 2;
 
 // What every kernel receives: the device table and its dimensions.
 struct TableArgs {
@@ -101,10 +104,13 @@ struct GramPlan {
   int tile_pairs;    // tiles * (tiles + 1) / 2
   int pairs;         // accumulators per block: kt (kt + 1) / 2, or kCrossTile^2 when tiled
   int blocks;        // persistent blocks per tile pair
-  int64_t partial_elems() const { return int64_t(tile_pairs) * blocks * pairs; }
+  bool masked;       // some task lacks some parameter: a second (masked) partials kernel runs
+  int slots() const { return masked ? 2 * blocks : blocks; }  // partial rows per tile pair
+  int64_t partial_elems() const { return int64_t(tile_pairs) * slots() * pairs; }
 };
 
-GramPlan gramian_plan(DType dtype, int64_t K, int64_t C, int device);
+// missing: some (task, parameter) entry with elements is null (see gramian.cu on missing entries).
+GramPlan gramian_plan(DType dtype, int64_t K, int64_t C, int device, bool missing);
 // partials: plan.partial_elems() accumulators (float, or double for kFloat64); G: K x K, same type.
 cudaError_t gramian_launch(const GramPlan& plan, DType dtype, TableArgs args, void* partials, void* G,
                            cudaStream_t stream);

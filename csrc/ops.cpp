@@ -190,6 +190,7 @@ struct HostTable {
   std::vector<int64_t> words;
   int64_t C = 0;          // chunks
   int64_t flat_len = 0;   // length of a flat output
+  bool missing = false;   // some column with elements has a null entry (kFlagMissing)
 };
 
 HostTable build_table(const Inputs& in, const std::vector<int64_t>* out_addr) {
@@ -206,13 +207,17 @@ HostTable build_table(const Inputs& in, const std::vector<int64_t>* out_addr) {
     w[L.numel() + p] = n;
     w[L.flat_off() + p] = off;
     off += fastmtl::round_up(n, fastmtl::kOutPad);
-    bool aligned = true;
-    for (int64_t k = 0; k < in.K; ++k) aligned = aligned && (in.addr[k * in.P + p] % 16 == 0);
+    bool aligned = true, missing = false;
+    for (int64_t k = 0; k < in.K; ++k) {
+      aligned = aligned && (in.addr[k * in.P + p] % 16 == 0);
+      missing = missing || (n > 0 && in.addr[k * in.P + p] == 0);
+    }
+    h.missing = h.missing || missing;
     if (out_addr) {
       w[L.out_ptrs() + p] = (*out_addr)[p];
       aligned = aligned && ((*out_addr)[p] % 16 == 0);
     }
-    w[L.flags() + p] = aligned ? fastmtl::kFlagAligned : 0;
+    w[L.flags() + p] = (aligned ? fastmtl::kFlagAligned : 0) | (missing ? fastmtl::kFlagMissing : 0);
   }
   w[L.chunk_start() + in.P] = chunks;
   h.C = chunks;
@@ -352,7 +357,7 @@ at::Tensor gramian_cuda(const OptTensorList& tensors, int64_t num_tasks) {
   if (h.C == 0) return at::zeros({in.K, in.K}, opts);
   const at::Tensor table = device_table(h, in, -1, in.keep.empty(), stream, op);
   const fastmtl::DType dt = kernel_dtype(in.dtype);
-  const fastmtl::GramPlan plan = fastmtl::gramian_plan(dt, in.K, h.C, in.device.index());
+  const fastmtl::GramPlan plan = fastmtl::gramian_plan(dt, in.K, h.C, in.device.index(), h.missing);
   at::Tensor partials = at::empty({plan.partial_elems()}, opts);
   at::Tensor G = at::empty({in.K, in.K}, opts);
   const fastmtl::TableArgs args{table.data_ptr<int64_t>(), in.K, in.P, h.C};

@@ -94,14 +94,20 @@ def cases():
             for aligned in (True, False):
                 if K > 8 and (dt != "fp32" or not aligned):
                     continue
-                fn = gramian._gram_partials_kernel
-                block, warps = gramian.gram_config(K, None)
-                sig = dict(table_sig, partials="*fp32", P="i32", C="i32", per_prog="i32",
-                           K="constexpr", DTYPE="constexpr", BLOCK="constexpr", ALIGNED="constexpr")
-                yield (f"gram-K{K}-{dt}-{'aligned' if aligned else 'unaligned'}", fn, sig,
-                       {"K": K, "DTYPE": TL[dt], "BLOCK": block, "ALIGNED": aligned},
-                       pointer_attrs(fn, ["ptrs", "layout", "partials"]), warps,
-                       block // (32 * warps) * SIZE[dt], aligned)
+                # MASKED (some task misses some parameter): the fp32 aligned variants and K = 4.
+                for masked in (False, True):
+                    if masked and not ((dt == "fp32" and aligned) or K == 4):
+                        continue
+                    fn = gramian._gram_partials_kernel
+                    block, warps = gramian.gram_config(K, None)
+                    sig = dict(table_sig, partials="*fp32", P="i32", C="i32", per_prog="i32",
+                               K="constexpr", DTYPE="constexpr", BLOCK="constexpr", ALIGNED="constexpr",
+                               MASKED="constexpr")
+                    name = f"gram-K{K}-{dt}-{'aligned' if aligned else 'unaligned'}{'-masked' if masked else ''}"
+                    yield (name, fn, sig,
+                           {"K": K, "DTYPE": TL[dt], "BLOCK": block, "ALIGNED": aligned, "MASKED": masked},
+                           pointer_attrs(fn, ["ptrs", "layout", "partials"]), warps,
+                           block // (32 * warps) * SIZE[dt], aligned)
     for K in (2, 4, 8, 64):
         for dt in ("fp32", "fp16", "bf16"):
             for aligned in (True, False):
@@ -186,6 +192,8 @@ def _ids():
                 if K > 8 and (dt != "fp32" or al != "aligned"):
                     continue
                 ids.append(f"gram-K{K}-{dt}-{al}")
+                if (dt == "fp32" and al == "aligned") or K == 4:
+                    ids.append(f"gram-K{K}-{dt}-{al}-masked")
     for K in (2, 4, 8, 64):
         for dt in ("fp32", "fp16", "bf16"):
             for al in ("aligned", "unaligned"):

@@ -14,7 +14,8 @@ Structure (one launch for the partials, one tiny launch for the fixed-order seco
   order).
 
 Inputs: float32/float16/bfloat16 (one dtype per call); accumulation is float32. Missing tensors
-(``None``) count as zeros. A ``[K, D]`` matrix is the one-parameter case (its rows are the
+(``None``) count as zeros and, as in the reference, add nothing to the pairs they belong to, even
+when the other task's entry holds Inf/NaN (no ``0 · Inf`` NaN). A ``[K, D]`` matrix is the one-parameter case (its rows are the
 entries).
 
 Operator design: ``torch.ops.fastmtl.gramian_triton(Tensor?[] tensors, int num_tasks, int block=0)
@@ -80,12 +81,17 @@ def gram_config(num_tasks: int, device: torch.device, block: int = 0) -> tuple:
 @triton.jit(do_not_specialize=["P", "C", "per_prog"])
 def _gram_partials_kernel(ptrs, layout, partials, P, C, per_prog,
                           K: tl.constexpr, DTYPE: tl.constexpr, BLOCK: tl.constexpr,
-                          ALIGNED: tl.constexpr):
+                          ALIGNED: tl.constexpr, MASKED: tl.constexpr):
     """``partials[g, i, j] = Σ_{chunks c of program g} ⟨rows_i(c), rows_j(c)⟩`` (float32).
 
     ``ptrs``: int64 address table (slot ``k·P + p``, 0 = missing); ``layout``: int64 layout table
     (numel at ``[p]``, chunk parameter at ``[3P + c]``, chunk block at ``[3P + C + c]``).
     Program ``g`` handles chunks ``[g·per_prog, min((g+1)·per_prog, C))``.
+
+    ``MASKED``: some task misses some parameter; the products of a pair then count only where both
+    rows are present (a per-pair select on scalar flags). The host picks it only when an entry is
+    missing: the variant is separate because a runtime branch between the two updates in one
+    kernel made the K = 16 build spill registers.
 
     Each pair ``(i, j)``, ``i <= j``, has a ``[BLOCK]`` float32 accumulator (at position
     ``i·K − i(i−1)/2 + (j − i)`` of the tuple) that is reduced once, after the last chunk: no
@@ -111,26 +117,39 @@ def _gram_partials_kernel(ptrs, layout, partials, P, C, per_prog,
             # Full block: the only mask is the scalar "tensor present" flag (a null address is
             # never dereferenced), which keeps the loads vectorisable.
             rows = ()
+            here = ()
             for k in tl.static_range(K):
                 raw = tl.load(ptrs + k * P + p)
                 ptr = raw.to(tl.pointer_type(DTYPE))
                 if ALIGNED:
                     ptr = tl.multiple_of(ptr, 16)
-                rows = rows + (tl.load(ptr + idx, mask=raw != 0, other=0.0).to(tl.float32),)
+                present = raw != 0
+                rows = rows + (tl.load(ptr + idx, mask=present, other=0.0).to(tl.float32),)
+                here = here + (present,)
         else:
             # Last block of the parameter: lanes at or past n belong to other memory (another
             # allocation, or the rest of a larger buffer this tensor is a view of) and stay unread.
             rows = ()
+            here = ()
             for k in tl.static_range(K):
                 raw = tl.load(ptrs + k * P + p)
                 ptr = raw.to(tl.pointer_type(DTYPE))
                 if ALIGNED:
                     ptr = tl.multiple_of(ptr, 16)
-                rows = rows + (tl.load(ptr + idx, mask=(idx < n) & (raw != 0), other=0.0).to(tl.float32),)
+                present = raw != 0
+                rows = rows + (tl.load(ptr + idx, mask=(idx < n) & present, other=0.0).to(tl.float32),)
+                here = here + (present,)
         new = ()
         for i in tl.static_range(K):
             for j in tl.static_range(i, K):
-                new = new + (acc[i * K - (i * (i - 1)) // 2 + (j - i)] + rows[i] * rows[j],)
+                a = acc[i * K - (i * (i - 1)) // 2 + (j - i)]
+                if MASKED:
+                    # A missing row reads as zeros but must take no part in the products: with an
+                    # Inf/NaN in task i's entry, 0 * Inf would make NaN of the pairs of i with the
+                    # tasks that do not touch this parameter, which the reference leaves untouched.
+                    new = new + (tl.where(here[i] & here[j], a + rows[i] * rows[j], a),)
+                else:
+                    new = new + (a + rows[i] * rows[j],)
         acc = new
     dst = partials + pid.to(tl.int64) * (K * K)
     for i in tl.static_range(K):
@@ -154,7 +173,10 @@ def _gramian_impl(tensors: List[Optional[torch.Tensor]], num_tasks: int, block: 
     C = lay.num_chunks
     if C == 0:
         return G.zero_()
-    addr = address_table(inp.device, inp.addresses())
+    addresses = inp.addresses()
+    P = inp.num_params
+    masked = any(n and not addresses[k * P + p] for p, n in enumerate(inp.numels) for k in range(K))
+    addr = address_table(inp.device, addresses)
     cap = _INTERPRETER_PROGRAMS if interpreter_active() else _PROGRAMS_PER_SM * num_sms(inp.device)
     programs = min(C, cap)
     per_prog = triton.cdiv(C, programs)
@@ -163,7 +185,7 @@ def _gramian_impl(tensors: List[Optional[torch.Tensor]], num_tasks: int, block: 
     with device_guard(inp.device):
         _gram_partials_kernel[(programs,)](addr.table, lay.table, partials, inp.num_params, C, per_prog,
                                            K=K, DTYPE=TL_DTYPES[inp.dtype], BLOCK=block,
-                                           ALIGNED=addr.aligned, num_warps=warps)
+                                           ALIGNED=addr.aligned, MASKED=masked, num_warps=warps)
         column_sum(partials, G.view(K * K))
     return G
 
