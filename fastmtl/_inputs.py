@@ -21,6 +21,8 @@ from typing import Any, Optional, Sequence
 
 import torch
 
+from ._out_overlap import check_out_overlap
+
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
@@ -248,7 +250,11 @@ def check_finite(tg: TaskGradients) -> None:
 
 
 def canonicalize_out(out: Any, tg: TaskGradients) -> tuple:
-    """Validate ``out=`` buffers against the output structure; return P entries (Tensor | None)."""
+    """Validate ``out=`` buffers against the output structure; return P entries (Tensor | None).
+
+    ``out[p]`` may be exactly one of parameter ``p``'s input gradients (in place); any other memory
+    overlap with an input or another ``out`` buffer is a ``ValueError`` (:mod:`fastmtl._out_overlap`).
+    """
     if tg.layout in ("matrix", "vectors"):
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"out must be a tensor of shape [{tg.numels[0]}] for this input layout, got "
@@ -276,6 +282,7 @@ def canonicalize_out(out: Any, tg: TaskGradients) -> tuple:
             raise TypeError(f"{where}: dtype {t.dtype} is not a supported floating dtype")
         if t.requires_grad and torch.is_grad_enabled():
             raise ValueError(f"{where}: requires grad; write into .grad buffers or detached tensors")
+    check_out_overlap(targets, tg)  # host metadata only, see fastmtl/_out_overlap.py
     return targets
 
 
