@@ -43,6 +43,9 @@ class Backend:
     # The Triton interpreter runs on CPU tensors but is far slower than the reference there, so
     # it is used on CPU only when asked for explicitly.
     automatic_devices: Optional[tuple] = None
+    # Automatic selection passes over this backend for (primitive, inputs) where it returns True,
+    # e.g. where a lower-priority backend is measured faster; an explicit request still runs it.
+    defer: Optional[Callable[[str, TaskGradients], bool]] = None
     _probe_result: object = field(default=..., repr=False)
 
     def unavailable_reason(self) -> Optional[str]:
@@ -149,6 +152,8 @@ def select(primitive: str, tg: TaskGradients, explicit: Optional[str] = None) ->
             continue
         auto_devices = backend.automatic_devices if backend.automatic_devices is not None else backend.devices
         if tg.device.type not in auto_devices:
+            continue
+        if backend.defer is not None and backend.defer(primitive, tg):
             continue
         if not backend.not_supported_reasons(primitive, tg):
             return backend

@@ -1,0 +1,510 @@
+// fastmtl CPU multi-tensor kernels: Gram matrix and weighted sum over K x P task gradients read in
+// place through a pointer table (no concatenation, no up-cast copies of low-precision inputs).
+//
+// Ops (namespace fastmtl; "tensors" is task-major: tensors[k * P + p] is task k's gradient of
+// parameter p, None where task k does not touch parameter p), CPU tensors only:
+//
+//   gramian_cpu(Tensor?[] tensors, int num_tasks) -> Tensor
+//       [K, K] Gram matrix, float32 (float64 for float64 inputs). A None entry takes no part in any
+//       product (also when the other operand holds Inf/NaN).
+//   weighted_sum_cpu(Tensor?[] tensors, int num_tasks, Tensor weights) -> Tensor[]
+//       sum_k weights[k] * g[k][p] for every parameter p, shaped like the parameter, in the inputs'
+//       dtype: views of ONE allocation (P views made here cost far less than in Python). A
+//       parameter no task touches gets an empty 1-D tensor (fastmtl._cpu_ops turns it into None).
+//   weighted_sum_cpu_out(Tensor?[] tensors, int num_tasks, Tensor weights, Tensor(a!)[] out) -> ()
+//       writes parameter p into out[p] (any supported dtype). out[p] may be exactly one of parameter
+//       p's inputs; any other overlap with an input or another out tensor is an error.
+//
+// Work split: every parameter is cut into fixed chunks of kChunk elements; chunks are grouped into
+// at most kMaxGroups groups of consecutive chunks, a group size that depends on the shapes only.
+// at::parallel_for runs over groups; each group writes its own partial Gram, and the partials are
+// added in group order on one thread. The result therefore does not depend on the thread count.
+// Accumulation: float32 for float16/bfloat16/float32 inputs (float64 for float64) inside a chunk,
+// float64 across chunks and groups.
+//
+// The hot loops are compiled twice (baseline x86-64 and Haswell: AVX2 + FMA + F16C) and picked at
+// run time from the CPU's features. Hazard: a lambda does not inherit a function's target
+// attribute, so the parallel_for bodies call the target-specific functions, never the reverse.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <vector>
+
+namespace {
+
+using OptTensorList = c10::List<std::optional<at::Tensor>>;
+
+constexpr int64_t kChunk = 16384;   // elements of one parameter per work item
+constexpr int64_t kBlock = 256;     // elements converted to the accumulation type at once
+constexpr int64_t kMaxGroups = 512; // partial Gram matrices (bounded memory for large K)
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(_M_X64))
+#define FASTMTL_X86_CLONES 1
+#define FASTMTL_FAST_TARGET __attribute__((target("avx2,fma,f16c")))
+#else
+#define FASTMTL_X86_CLONES 0
+#define FASTMTL_FAST_TARGET
+#endif
+#define FASTMTL_INLINE inline __attribute__((always_inline))
+
+bool fast_cpu() {
+#if FASTMTL_X86_CLONES
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                         __builtin_cpu_supports("f16c");
+  return ok;
+#else
+  return false;
+#endif
+}
+
+bool supported_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble;
+}
+
+// ---- element conversion -------------------------------------------------------------------------
+
+template <typename T, typename A>
+FASTMTL_INLINE void load_block(const T* src, A* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<A>(static_cast<float>(src[i]));
+}
+
+template <>
+FASTMTL_INLINE void load_block<c10::BFloat16, float>(const c10::BFloat16* src, float* dst, int64_t n) {
+  // bfloat16 is the top half of a float32: a shift, which the compiler vectorises.
+  const uint16_t* s = reinterpret_cast<const uint16_t*>(src);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t bits = uint32_t(s[i]) << 16;
+    std::memcpy(dst + i, &bits, sizeof(float));
+  }
+}
+
+#if FASTMTL_X86_CLONES && defined(__FLT16_MAX__)
+template <>
+FASTMTL_INLINE void load_block<c10::Half, float>(const c10::Half* src, float* dst, int64_t n) {
+  // _Float16 -> float: vcvtph2ps in the F16C build, a libgcc call in the baseline build.
+  const _Float16* s = reinterpret_cast<const _Float16*>(src);
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(s[i]);
+}
+#endif
+
+template <typename A>
+FASTMTL_INLINE A dot_lanes(const A* x, const A* y, int64_t n) {
+  // Eight independent partial sums in a fixed order: vectorisable without -ffast-math.
+  A acc[8] = {A(0), A(0), A(0), A(0), A(0), A(0), A(0), A(0)};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int l = 0; l < 8; ++l) acc[l] += x[i + l] * y[i + l];
+  }
+  A tail = A(0);
+  for (; i < n; ++i) tail += x[i] * y[i];
+  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail;
+}
+
+// ---- the work list --------------------------------------------------------------------------------
+
+struct Chunk {
+  int64_t p;      // parameter
+  int64_t start;  // first element
+  int64_t len;    // elements
+};
+
+struct Table {
+  int64_t K = 0, P = 0;
+  at::ScalarType dtype = at::kFloat;
+  std::vector<const void*> ptr;  // K * P, nullptr = missing or empty
+  std::vector<int64_t> numel;    // P
+  std::vector<std::vector<int64_t>> shape;  // P, empty for a parameter no task touches
+  std::vector<at::Tensor> keep;  // contiguous copies of strided inputs
+  std::vector<Chunk> chunks;
+};
+
+Table make_table(const OptTensorList& tensors, int64_t num_tasks, const char* op) {
+  TORCH_CHECK(num_tasks >= 1, op, ": num_tasks must be at least 1, got ", num_tasks);
+  const int64_t n = int64_t(tensors.size());
+  TORCH_CHECK(n > 0 && n % num_tasks == 0, op, ": expected num_tasks * P entries (entry k * P + p is task k's ",
+              "gradient of parameter p), got ", n, " entries for num_tasks = ", num_tasks);
+  Table t;
+  t.K = num_tasks;
+  t.P = n / num_tasks;
+  t.ptr.assign(n, nullptr);
+  t.numel.assign(t.P, 0);
+  std::vector<int64_t> owner(t.P, -1);
+  t.shape.assign(t.P, {});
+  bool have_ref = false;
+  int64_t ref_k = 0, ref_p = 0;
+  for (int64_t k = 0; k < t.K; ++k) {
+    for (int64_t p = 0; p < t.P; ++p) {
+      const std::optional<at::Tensor> opt = tensors.get(k * t.P + p);
+      if (!opt.has_value() || !opt->defined()) continue;
+      const at::Tensor& x = *opt;
+      TORCH_CHECK(x.device().is_cpu(), op, ": task ", k, ", parameter ", p, ": expected a CPU tensor, got one on ",
+                  x.device());
+      TORCH_CHECK(x.layout() == at::kStrided, op, ": task ", k, ", parameter ", p,
+                  ": sparse or non-strided tensors are not supported (layout ", x.layout(), ")");
+      TORCH_CHECK(supported_dtype(x.scalar_type()), op, ": task ", k, ", parameter ", p, ": dtype ",
+                  x.scalar_type(), " is not supported (float32, float16, bfloat16 or float64)");
+      if (!have_ref) {
+        have_ref = true;
+        t.dtype = x.scalar_type();
+        ref_k = k;
+        ref_p = p;
+      } else {
+        TORCH_CHECK(x.scalar_type() == t.dtype, op, ": task ", k, ", parameter ", p, ": has dtype ",
+                    x.scalar_type(), " but task ", ref_k, ", parameter ", ref_p, " has ", t.dtype,
+                    "; all task gradients must share one dtype");
+      }
+      if (owner[p] < 0) {
+        owner[p] = k;
+        t.numel[p] = x.numel();
+        t.shape[p] = x.sizes().vec();
+      } else {
+        TORCH_CHECK(x.sizes().equals(t.shape[p]), op, ": task ", k, ", parameter ", p, ": shape ", x.sizes(),
+                    " differs from task ", owner[p], "'s ", c10::IntArrayRef(t.shape[p]), " for the same parameter");
+      }
+      if (x.numel() == 0) continue;
+      if (x.is_contiguous()) {
+        t.ptr[k * t.P + p] = x.data_ptr();
+      } else {  // cold path: one copy, never an error
+        at::Tensor c = x.contiguous();
+        t.ptr[k * t.P + p] = c.data_ptr();
+        t.keep.push_back(std::move(c));
+      }
+    }
+  }
+  TORCH_CHECK(have_ref, op, ": every entry is None; at least one task gradient is needed");
+  for (int64_t p = 0; p < t.P; ++p) {
+    for (int64_t s = 0; s < t.numel[p]; s += kChunk) t.chunks.push_back({p, s, std::min(kChunk, t.numel[p] - s)});
+  }
+  return t;
+}
+
+// ---- Gram ---------------------------------------------------------------------------------------
+
+// Adds the chunk's products into acc (K x K, upper triangle, float64). buf: K * kBlock values.
+template <typename T, typename A>
+FASTMTL_INLINE void gram_chunks(const Table& t, int64_t c0, int64_t c1, double* acc, A* buf,
+                                std::vector<const A*>& rows, std::vector<int64_t>& present) {
+  const int64_t K = t.K;
+  for (int64_t c = c0; c < c1; ++c) {
+    const Chunk& ch = t.chunks[c];
+    present.clear();
+    for (int64_t k = 0; k < K; ++k) {
+      if (t.ptr[k * t.P + ch.p] != nullptr) present.push_back(k);
+    }
+    const int64_t m = int64_t(present.size());
+    for (int64_t b = 0; b < ch.len; b += kBlock) {
+      const int64_t n = std::min(kBlock, ch.len - b);
+      for (int64_t i = 0; i < m; ++i) {
+        const T* src = static_cast<const T*>(t.ptr[present[i] * t.P + ch.p]) + ch.start + b;
+        if constexpr (std::is_same_v<T, A>) {
+          rows[i] = src;
+        } else {
+          load_block<T, A>(src, buf + i * kBlock, n);
+          rows[i] = buf + i * kBlock;
+        }
+      }
+      for (int64_t i = 0; i < m; ++i) {
+        for (int64_t j = i; j < m; ++j) {
+          acc[present[i] * K + present[j]] += double(dot_lanes<A>(rows[i], rows[j], n));
+        }
+      }
+    }
+  }
+}
+
+template <typename T, typename A>
+void gram_range_default(const Table& t, int64_t c0, int64_t c1, double* acc, A* buf, std::vector<const A*>& rows,
+                        std::vector<int64_t>& present) {
+  gram_chunks<T, A>(t, c0, c1, acc, buf, rows, present);
+}
+
+template <typename T, typename A>
+FASTMTL_FAST_TARGET void gram_range_fast(const Table& t, int64_t c0, int64_t c1, double* acc, A* buf,
+                                         std::vector<const A*>& rows, std::vector<int64_t>& present) {
+  gram_chunks<T, A>(t, c0, c1, acc, buf, rows, present);
+}
+
+template <typename T, typename A>
+at::Tensor gram_impl(const Table& t) {
+  const int64_t K = t.K;
+  const int64_t C = int64_t(t.chunks.size());
+  const int64_t per_group = std::max<int64_t>(1, (C + kMaxGroups - 1) / kMaxGroups);
+  const int64_t groups = (C + per_group - 1) / per_group;
+  std::vector<double> partial(std::max<int64_t>(groups, 1) * K * K, 0.0);
+  const bool fast = fast_cpu();
+  at::parallel_for(0, groups, 1, [&](int64_t g0, int64_t g1) {
+    std::vector<A> buf(std::is_same_v<T, A> ? 0 : K * kBlock);
+    std::vector<const A*> rows(K);
+    std::vector<int64_t> present;
+    present.reserve(K);
+    for (int64_t g = g0; g < g1; ++g) {
+      const int64_t c0 = g * per_group, c1 = std::min(C, c0 + per_group);
+      double* acc = partial.data() + g * K * K;
+      if (fast) gram_range_fast<T, A>(t, c0, c1, acc, buf.data(), rows, present);
+      else gram_range_default<T, A>(t, c0, c1, acc, buf.data(), rows, present);
+    }
+  });
+  std::vector<double> total(K * K, 0.0);
+  for (int64_t g = 0; g < groups; ++g) {  // fixed order: independent of the thread count
+    const double* src = partial.data() + g * K * K;
+    for (int64_t i = 0; i < K * K; ++i) total[i] += src[i];
+  }
+  at::Tensor G = at::empty({K, K}, at::TensorOptions().dtype(c10::CppTypeToScalarType<A>::value));
+  A* g = G.data_ptr<A>();
+  for (int64_t i = 0; i < K; ++i) {
+    for (int64_t j = i; j < K; ++j) {
+      g[i * K + j] = g[j * K + i] = static_cast<A>(total[i * K + j]);
+    }
+  }
+  return G;
+}
+
+at::Tensor gramian_cpu(const OptTensorList& tensors, int64_t num_tasks) {
+  const Table t = make_table(tensors, num_tasks, "fastmtl::gramian_cpu");
+  switch (t.dtype) {
+    case at::kDouble: return gram_impl<double, double>(t);
+    case at::kHalf: return gram_impl<c10::Half, float>(t);
+    case at::kBFloat16: return gram_impl<c10::BFloat16, float>(t);
+    default: return gram_impl<float, float>(t);
+  }
+}
+
+// ---- weighted sum -------------------------------------------------------------------------------
+
+template <typename T, typename A, typename O>
+FASTMTL_INLINE void wsum_chunks(const Table& t, const A* lam, void* const* out, int64_t c0, int64_t c1, A* buf) {
+  for (int64_t c = c0; c < c1; ++c) {
+    const Chunk& ch = t.chunks[c];
+    O* dst = static_cast<O*>(out[ch.p]);
+    for (int64_t b = 0; b < ch.len; b += kBlock) {
+      const int64_t n = std::min(kBlock, ch.len - b);
+      const int64_t off = ch.start + b;
+      for (int64_t i = 0; i < n; ++i) buf[i] = A(0);
+      // Tasks in order 0..K-1, as the reference; a missing task adds nothing.
+      for (int64_t k = 0; k < t.K; ++k) {
+        const void* vp = t.ptr[k * t.P + ch.p];
+        if (vp == nullptr) continue;
+        const T* src = static_cast<const T*>(vp) + off;
+        const A w = lam[k];
+        if constexpr (std::is_same_v<T, A>) {
+          for (int64_t i = 0; i < n; ++i) buf[i] += w * src[i];
+        } else {
+          A tmp[kBlock];
+          load_block<T, A>(src, tmp, n);
+          for (int64_t i = 0; i < n; ++i) buf[i] += w * tmp[i];
+        }
+      }
+      // Every input of this block is read before it is written: out[p] may be one of the inputs.
+      if constexpr (std::is_same_v<O, A>) {
+        std::memcpy(dst + off, buf, n * sizeof(A));
+#if FASTMTL_X86_CLONES && defined(__FLT16_MAX__)
+      } else if constexpr (std::is_same_v<O, c10::Half>) {
+        _Float16* h = reinterpret_cast<_Float16*>(dst + off);
+        for (int64_t i = 0; i < n; ++i) h[i] = static_cast<_Float16>(buf[i]);
+#endif
+      } else {
+        for (int64_t i = 0; i < n; ++i) dst[off + i] = static_cast<O>(buf[i]);
+      }
+    }
+  }
+}
+
+template <typename T, typename A, typename O>
+void wsum_range_default(const Table& t, const A* lam, void* const* out, int64_t c0, int64_t c1, A* buf) {
+  wsum_chunks<T, A, O>(t, lam, out, c0, c1, buf);
+}
+
+template <typename T, typename A, typename O>
+FASTMTL_FAST_TARGET void wsum_range_fast(const Table& t, const A* lam, void* const* out, int64_t c0, int64_t c1,
+                                         A* buf) {
+  wsum_chunks<T, A, O>(t, lam, out, c0, c1, buf);
+}
+
+template <typename T, typename A, typename O>
+void wsum_impl(const Table& t, const A* lam, void* const* out) {
+  const bool fast = fast_cpu();
+  at::parallel_for(0, int64_t(t.chunks.size()), 1, [&](int64_t c0, int64_t c1) {
+    A buf[kBlock];
+    if (fast) wsum_range_fast<T, A, O>(t, lam, out, c0, c1, buf);
+    else wsum_range_default<T, A, O>(t, lam, out, c0, c1, buf);
+  });
+}
+
+template <typename T, typename A>
+void wsum_dispatch_out(const Table& t, const A* lam, void* const* out, at::ScalarType out_dtype) {
+  switch (out_dtype) {
+    case at::kDouble: return wsum_impl<T, A, double>(t, lam, out);
+    case at::kHalf: return wsum_impl<T, A, c10::Half>(t, lam, out);
+    case at::kBFloat16: return wsum_impl<T, A, c10::BFloat16>(t, lam, out);
+    default: return wsum_impl<T, A, float>(t, lam, out);
+  }
+}
+
+void wsum_run(const Table& t, const at::Tensor& weights, void* const* out, at::ScalarType out_dtype, const char* op) {
+  TORCH_CHECK(weights.defined() && weights.device().is_cpu(), op, ": weights must be a CPU tensor");
+  TORCH_CHECK(weights.numel() == t.K, op, ": weights must hold num_tasks = ", t.K, " values, got shape ",
+              weights.sizes());
+  TORCH_CHECK(at::isFloatingType(weights.scalar_type()), op, ": weights must be floating point, got ",
+              weights.scalar_type());
+  const at::ScalarType acc = t.dtype == at::kDouble ? at::kDouble : at::kFloat;
+  const at::Tensor lam = weights.reshape({t.K}).to(acc).contiguous();
+  switch (t.dtype) {
+    case at::kDouble: return wsum_dispatch_out<double, double>(t, lam.data_ptr<double>(), out, out_dtype);
+    case at::kHalf: return wsum_dispatch_out<c10::Half, float>(t, lam.data_ptr<float>(), out, out_dtype);
+    case at::kBFloat16: return wsum_dispatch_out<c10::BFloat16, float>(t, lam.data_ptr<float>(), out, out_dtype);
+    default: return wsum_dispatch_out<float, float>(t, lam.data_ptr<float>(), out, out_dtype);
+  }
+}
+
+bool owner_missing(const Table& t, int64_t p) { return t.shape[p].empty() && t.numel[p] == 0; }
+
+std::vector<at::Tensor> weighted_sum_cpu(const OptTensorList& tensors, int64_t num_tasks, const at::Tensor& weights) {
+  const char* op = "fastmtl::weighted_sum_cpu";
+  const Table t = make_table(tensors, num_tasks, op);
+  int64_t total = 0;
+  for (int64_t p = 0; p < t.P; ++p) total += t.numel[p];
+  at::Tensor flat = at::empty({total}, at::TensorOptions().dtype(t.dtype));
+  std::vector<void*> out(t.P, nullptr);
+  char* base = static_cast<char*>(flat.data_ptr());
+  int64_t off = 0;
+  for (int64_t p = 0; p < t.P; ++p) {
+    out[p] = base + off * flat.element_size();
+    off += t.numel[p];
+  }
+  wsum_run(t, weights, out.data(), t.dtype, op);
+  std::vector<at::Tensor> parts;
+  parts.reserve(t.P);
+  off = 0;
+  for (int64_t p = 0; p < t.P; ++p) {
+    if (owner_missing(t, p)) {
+      parts.push_back(flat.narrow(0, off, 0));  // a view as well: the fake kernel mirrors the aliasing
+    } else {
+      parts.push_back(flat.narrow(0, off, t.numel[p]).view(t.shape[p]));
+    }
+    off += t.numel[p];
+  }
+  return parts;
+}
+
+struct Span {
+  uintptr_t lo, hi;
+};
+
+Span span_of(const at::Tensor& x) {
+  // Bytes the tensor may touch: [data, data + extent), from its sizes and (non-negative) strides.
+  int64_t extent = 1;
+  for (int64_t d = 0; d < x.dim(); ++d) {
+    if (x.size(d) == 0) return {0, 0};
+    extent += (x.size(d) - 1) * std::abs(x.stride(d));
+  }
+  const uintptr_t lo = reinterpret_cast<uintptr_t>(x.data_ptr());
+  return {lo, lo + uintptr_t(extent * x.element_size())};
+}
+
+struct Interval {
+  Span s;
+  int64_t p;     // parameter
+  int64_t k;     // task, or -1 for out[p]
+  const at::Tensor* x;
+};
+
+// out[p] may be exactly one of parameter p's inputs (same storage, strides and dtype, contiguous);
+// any other overlap of an out tensor with an input or another out tensor is an error. Inputs may
+// overlap each other (they are only read). Sorted sweep: O(n log n + overlapping pairs).
+void check_out_overlap(const OptTensorList& tensors, const Table& t, at::TensorList out, const char* op) {
+  std::vector<at::Tensor> inputs;
+  inputs.reserve(t.K * t.P);
+  std::vector<Interval> iv;
+  iv.reserve(t.K * t.P + t.P);
+  for (int64_t k = 0; k < t.K; ++k) {
+    for (int64_t p = 0; p < t.P; ++p) {
+      const std::optional<at::Tensor> in = tensors.get(k * t.P + p);
+      if (!in.has_value() || !in->defined() || in->numel() == 0) continue;
+      inputs.push_back(*in);
+    }
+  }
+  size_t next = 0;
+  for (int64_t k = 0; k < t.K; ++k) {
+    for (int64_t p = 0; p < t.P; ++p) {
+      const std::optional<at::Tensor> in = tensors.get(k * t.P + p);
+      if (!in.has_value() || !in->defined() || in->numel() == 0) continue;
+      const at::Tensor* x = &inputs[next++];
+      iv.push_back({span_of(*x), p, k, x});
+    }
+  }
+  for (int64_t p = 0; p < t.P; ++p) {
+    if (t.numel[p] > 0) iv.push_back({span_of(out[p]), p, -1, &out[p]});
+  }
+  std::sort(iv.begin(), iv.end(), [](const Interval& a, const Interval& b) { return a.s.lo < b.s.lo; });
+  for (size_t i = 0; i < iv.size(); ++i) {
+    for (size_t j = i + 1; j < iv.size() && iv[j].s.lo < iv[i].s.hi; ++j) {
+      const Interval& a = iv[i];
+      const Interval& b = iv[j];
+      if (a.k >= 0 && b.k >= 0) continue;  // two inputs
+      TORCH_CHECK(a.k >= 0 || b.k >= 0, op, ": out[", a.p, "] overlaps out[", b.p, "]");
+      const Interval& o = a.k < 0 ? a : b;
+      const Interval& in = a.k < 0 ? b : a;
+      const bool same = in.p == o.p && in.x->data_ptr() == o.x->data_ptr() && in.x->strides().equals(o.x->strides()) &&
+                        in.x->scalar_type() == o.x->scalar_type() && o.x->is_contiguous();
+      TORCH_CHECK(same, op, ": out[", o.p, "] overlaps task ", in.k, "'s gradient of parameter ", in.p,
+                  " without being that very tensor (only an exact alias of one of its own inputs is allowed)");
+    }
+  }
+}
+
+void weighted_sum_cpu_out(const OptTensorList& tensors, int64_t num_tasks, const at::Tensor& weights,
+                          at::TensorList out) {
+  const char* op = "fastmtl::weighted_sum_cpu_out";
+  const Table t = make_table(tensors, num_tasks, op);
+  TORCH_CHECK(int64_t(out.size()) == t.P, op, ": expected ", t.P, " out tensors (one per parameter), got ",
+              out.size());
+  std::optional<at::ScalarType> out_dtype;
+  std::vector<void*> dst(t.P, nullptr);
+  std::vector<std::pair<int64_t, at::Tensor>> staged;  // non-contiguous out: written here, then copied
+  for (int64_t p = 0; p < t.P; ++p) {
+    const at::Tensor& o = out[p];
+    if (t.numel[p] == 0) continue;  // no task has elements here: out[p] is left untouched
+    TORCH_CHECK(o.defined() && o.device().is_cpu(), op, ": out[", p, "] must be a CPU tensor");
+    TORCH_CHECK(o.numel() == t.numel[p], op, ": out[", p, "] has ", o.numel(), " elements but parameter ", p,
+                " has ", t.numel[p]);
+    TORCH_CHECK(supported_dtype(o.scalar_type()), op, ": out[", p, "]: dtype ", o.scalar_type(),
+                " is not supported");
+    if (!out_dtype) out_dtype = o.scalar_type();
+    TORCH_CHECK(o.scalar_type() == *out_dtype, op, ": out[", p, "] has dtype ", o.scalar_type(), " but out[0..] has ",
+                *out_dtype, "; every out tensor must share one dtype");
+    if (o.is_contiguous()) {
+      dst[p] = o.data_ptr();
+    } else {
+      at::Tensor tmp = at::empty({t.numel[p]}, o.options().memory_format(at::MemoryFormat::Contiguous));
+      dst[p] = tmp.data_ptr();
+      staged.emplace_back(p, std::move(tmp));
+    }
+  }
+  check_out_overlap(tensors, t, out, op);
+  if (!out_dtype) return;
+  wsum_run(t, weights, dst.data(), *out_dtype, op);
+  for (auto& [p, tmp] : staged) out[p].copy_(tmp.view(out[p].sizes()));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(fastmtl, m) {
+  m.set_python_module("fastmtl._cpu_ops");
+  m.def("gramian_cpu(Tensor?[] tensors, int num_tasks) -> Tensor", {at::Tag::pt2_compliant_tag});
+  m.def("weighted_sum_cpu(Tensor?[] tensors, int num_tasks, Tensor weights) -> Tensor[]", {at::Tag::pt2_compliant_tag});
+  m.def("weighted_sum_cpu_out(Tensor?[] tensors, int num_tasks, Tensor weights, Tensor(a!)[] out) -> ()",
+        {at::Tag::pt2_compliant_tag});
+}
+
+TORCH_LIBRARY_IMPL(fastmtl, CPU, m) {
+  m.impl("gramian_cpu", &gramian_cpu);
+  m.impl("weighted_sum_cpu", &weighted_sum_cpu);
+  m.impl("weighted_sum_cpu_out", &weighted_sum_cpu_out);
+}

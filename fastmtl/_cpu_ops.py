@@ -1,0 +1,147 @@
+"""CPU multi-tensor kernels of ``fastmtl._C``: Gram matrix and weighted sum over a pointer table.
+
+``csrc/cpu_multi_tensor.cpp`` registers three ops for CPU tensors (the arguments are the tensors
+themselves, task-major: entry ``k * P + p`` is task ``k``'s gradient of parameter ``p``, ``None``
+where the task does not touch it):
+
+* ``gramian_cpu(Tensor?[] tensors, int num_tasks) -> Tensor``: ``G[i, j] = Σ_p ⟨g_i[p], g_j[p]⟩``,
+  ``[K, K]``, float32 (float64 for float64 inputs);
+* ``weighted_sum_cpu(Tensor?[] tensors, int num_tasks, Tensor weights) -> Tensor[]``: every
+  parameter's ``d[p] = Σ_k weights[k] g_k[p]``, shaped like the parameter, in the inputs' dtype
+  (views of one allocation; an empty 1-D tensor for a parameter no task touches);
+* ``weighted_sum_cpu_out(..., Tensor(a!)[] out) -> ()``: writes ``d[p]`` into ``out[p]`` (e.g. the
+  parameters' ``.grad``); ``out[p]`` may be exactly one of parameter ``p``'s inputs.
+
+No Python loop per parameter and no ``torch.cat``: the kernel reads every tensor in place,
+bfloat16/float16 natively (converted a 256-element block at a time in registers/L1), accumulates in
+float32 (float64 for float64) within fixed 16384-element chunks and in float64 across chunks.
+``at::parallel_for`` runs over fixed groups of chunks whose partial Gram matrices are added in
+group order, so results are bitwise identical for any thread count.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence
+
+import torch
+
+from ._inputs import TaskGradients
+from ._op_entries import first_entry
+
+OP_NAMES = ("gramian_cpu", "weighted_sum_cpu", "weighted_sum_cpu_out")
+
+_LOAD_ERROR: Optional[str] = None
+_FAKE_ERROR: Optional[str] = None
+
+try:
+    from . import _C  # noqa: F401  (loading the library registers torch.ops.fastmtl.*)
+except Exception as exc:  # ImportError, or OSError for a library built against another torch
+    _C = None
+    _LOAD_ERROR = f"{type(exc).__name__}: {exc}"
+
+
+def unavailable_reason() -> Optional[str]:
+    """``None`` when the CPU kernels are registered, else why not."""
+    if _C is None:
+        return f"fastmtl._C is not loaded ({_LOAD_ERROR})"
+    missing = [name for name in OP_NAMES if not hasattr(torch.ops.fastmtl, name)]
+    if missing:
+        return f"fastmtl._C was built without the CPU multi-tensor kernels ({', '.join(missing)} missing)"
+    if _FAKE_ERROR is not None:
+        return f"fake kernels could not be registered: {_FAKE_ERROR}"
+    return None
+
+
+def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _register_fakes() -> None:
+    @torch.library.register_fake("fastmtl::gramian_cpu")
+    def _gramian_fake(tensors, num_tasks):
+        ref = first_entry(tensors, num_tasks, "fastmtl::gramian_cpu", RuntimeError)
+        return ref.new_empty((num_tasks, num_tasks), dtype=_accumulate_dtype(ref.dtype))
+
+    @torch.library.register_fake("fastmtl::weighted_sum_cpu")
+    def _weighted_sum_fake(tensors, num_tasks, weights):
+        ref = first_entry(tensors, num_tasks, "fastmtl::weighted_sum_cpu", RuntimeError)
+        # Views of one allocation, as the real kernel returns (opcheck compares the aliasing).
+        P = len(tensors) // num_tasks
+        shapes = []
+        for p in range(P):
+            column = [tensors[k * P + p] for k in range(num_tasks) if tensors[k * P + p] is not None]
+            shapes.append(column[0].shape if column else None)
+        total = 0
+        for shape in shapes:
+            total = total + (0 if shape is None else shape.numel())
+        flat = ref.new_empty((total,))
+        parts, off = [], 0
+        for shape in shapes:
+            n = 0 if shape is None else shape.numel()
+            parts.append(flat.narrow(0, off, n).view(shape if shape is not None else (0,)))
+            off = off + n
+        return parts
+
+    @torch.library.register_fake("fastmtl::weighted_sum_cpu_out")
+    def _weighted_sum_out_fake(tensors, num_tasks, weights, out):
+        first_entry(tensors, num_tasks, "fastmtl::weighted_sum_cpu_out", RuntimeError)
+        return None
+
+
+if _C is not None and all(hasattr(torch.ops.fastmtl, name) for name in OP_NAMES):
+    try:
+        _register_fakes()
+    except Exception as exc:  # an incompatible torch.library: reported by the probe, never on import
+        _FAKE_ERROR = f"{type(exc).__name__}: {exc}"
+
+
+# ---- backend implementations (the reference signatures) ------------------------------------------
+
+
+def _entries(tg: TaskGradients, columns: Optional[Sequence[int]] = None) -> list:
+    if columns is None:
+        return [t for row in tg.entries for t in row]
+    return [row[p] for row in tg.entries for p in columns]
+
+
+def gramian_tg(tg: TaskGradients) -> torch.Tensor:
+    """Gram matrix of validated task gradients; same contract as ``gramian_ref``."""
+    return torch.ops.fastmtl.gramian_cpu(_entries(tg), tg.num_tasks)
+
+
+def weighted_sum_tg(tg: TaskGradients, weights: torch.Tensor,
+                    out: Optional[Sequence[Optional[torch.Tensor]]] = None) -> list:
+    """``Σ_k weights[k] g_k[p]`` per parameter; same contract as ``weighted_sum_ref``.
+
+    Without ``out``: one allocation, returned as per-parameter views (``None`` where no task has one). With ``out``: written in
+    place (one call per distinct dtype among the ``out`` tensors, normally one).
+    """
+    K = tg.num_tasks
+    if weights.device != tg.device:
+        weights = weights.to(tg.device)
+    if out is None:
+        parts = torch.ops.fastmtl.weighted_sum_cpu(_entries(tg), K, weights)
+        return [None if shape is None else part for part, shape in zip(parts, tg.shapes)]
+    targets = list(out)
+    active = [p for p, shape in enumerate(tg.shapes) if shape is not None]
+    groups: Dict[torch.dtype, list] = {}
+    for p in active:
+        groups.setdefault(targets[p].dtype, []).append(p)
+    if len(groups) == 1 and len(active) == tg.num_params:
+        torch.ops.fastmtl.weighted_sum_cpu_out(_entries(tg), K, weights, targets)
+    else:
+        for columns in groups.values():
+            torch.ops.fastmtl.weighted_sum_cpu_out(_entries(tg, columns), K, weights,
+                                                   [targets[p] for p in columns])
+    return targets
+
+
+def defer_to_blas(primitive: str, tg: TaskGradients) -> bool:
+    """Whether automatic selection leaves ``primitive`` on ``tg`` to the reference (BLAS).
+
+    A single ``[K, D]`` float32/float64 matrix goes to BLAS (one GEMM for the Gram matrix, one GEMV
+    for the weighted sum): the GEMV is as fast as the kernel at 1 thread, and near-singular Gram
+    matrices then round exactly as plain PyTorch's (ConFIG on rank-1 task sets is sensitive to the
+    last bit of G). Low-precision matrices and every per-parameter or K-vector input take the kernels.
+    """
+    return tg.matrix is not None and tg.dtype in (torch.float32, torch.float64)
