@@ -33,6 +33,7 @@ __all__ = [
     "dualproj_literal",
     "aligned_mtl_literal",
     "hydalearn_literal",
+    "gcosim_literal",
     "gram_literal",
     "simplex_candidates",
 ]
@@ -965,3 +966,27 @@ def famo_literal(loss_pairs, *, w_lr: float = 0.025, gamma: float = 1e-3, min_lo
         w.grad = g
         opt.step()
     return out
+
+
+def gcosim_literal(J, *, main_task: int = 0) -> torch.Tensor:
+    """GCosSim, Du et al., "Adapting Auxiliary Losses Using Gradient Similarity" (arXiv 1812.02224),
+    unweighted version, per auxiliary task (the rule of the SLGrad repository's ``Gcosim``).
+
+    Test oracle: ``cos_k = ⟨g_main, g_k⟩ / (‖g_main‖ ‖g_k‖)`` by explicit dot products (0 when a
+    norm is 0); ``d = g_main + Σ_{k ≠ main, cos_k ≥ 0} g_k``.
+    """
+    J = _as64(J)
+    K = J.shape[0]
+    if not (isinstance(main_task, int) and 0 <= main_task < K):
+        raise ValueError(f"main_task={main_task!r} is out of range for K={K}")
+    g = _rows(J)
+    nm = math.sqrt(_dot(g[main_task], g[main_task]))
+    w = [0.0] * K
+    for k in range(K):
+        if k == main_task:
+            w[k] = 1.0
+            continue
+        nk = math.sqrt(_dot(g[k], g[k]))
+        cos = _dot(g[main_task], g[k]) / (nm * nk) if nm > 0.0 and nk > 0.0 else 0.0
+        w[k] = 1.0 if cos >= 0.0 else 0.0
+    return _combine(J, w)
