@@ -98,7 +98,9 @@ def combine(grads: Any, method: Any = "mean", *, losses: Any = None,
         backend: force a backend (``"reference"``, ``"triton"``, ``"cuda"``); default automatic.
         out: write the direction into these buffers (e.g. the parameters' ``.grad``), same
             structure as the output.
-        check_finite: raise ``ValueError`` naming the tasks with NaN/Inf (synchronises).
+        check_finite: raise ``ValueError`` naming the tasks with NaN/Inf (synchronises). With
+            ``process_group``, also checks that the ranks' calls agree and reports a rank's own
+            failure on every rank (one more small collective, see :mod:`fastmtl.distributed`).
         return_info: also return a :class:`CombineInfo` with λ, the Gram and cosine matrices.
         process_group: a ``torch.distributed`` process group (or 1-D ``DeviceMesh``) over which the
             gradients are sharded (FSDP/ZeRO): ``grads`` is this rank's shard (possibly empty) of
@@ -114,15 +116,21 @@ def combine(grads: Any, method: Any = "mean", *, losses: Any = None,
     Cost: one pass over the K·D gradient values for the Gram matrix (skipped by loss-only methods
     unless ``return_info``), a K×K solve on the device, and one pass for ``Σ λ_k g_k``.
     """
-    tg = canonicalize(grads)
-    m = make_method(method, hyperparameters)
-    targets = None if out is None else canonicalize_out(out, tg)
-    K = tg.num_tasks
-    _check_num_tasks(m, K)
     sharded = process_group is not None  # then finiteness is checked collectively (fastmtl.distributed)
-    if check_finite and not sharded:
-        _check_finite(tg)
-    loss_vec = losses_tensor(losses, K, tg.device)
+    try:
+        tg = canonicalize(grads)
+        m = make_method(method, hyperparameters)
+        targets = None if out is None else canonicalize_out(out, tg)
+        K = tg.num_tasks
+        _check_num_tasks(m, K)
+        if check_finite and not sharded:
+            _check_finite(tg)
+        loss_vec = losses_tensor(losses, K, tg.device)
+    except Exception as exc:
+        if sharded and check_finite:  # the other ranks raise at once instead of waiting for this one
+            from ._dist_checks import report_failure
+            report_failure(process_group, exc, None, "combine(..., process_group=...)")
+        raise
     if loss_vec is not None and check_finite and not sharded and not bool(torch.isfinite(loss_vec).all()):
         raise ValueError("non-finite task losses: " + str(loss_vec.tolist()))
 

@@ -15,9 +15,16 @@ Gram matrix is a sum over coordinates, so
 
 ``combine(..., process_group=pg)`` is a *collective*: call it on every rank of ``pg``, in the same
 order, with the same K, method, hyper-parameters and the same optional arguments (``losses``,
-``return_info``, ``check_finite`` given or not) — exactly like any ``torch.distributed`` call. A
-rank that raises before the collective (bad input on that rank) leaves the others waiting until
-the process group's timeout.
+``return_info``, ``check_finite`` given or not) — exactly like any ``torch.distributed`` call.
+
+Faults (``fastmtl/_dist_checks.py``): a rank that dies or raises before a collective leaves the
+others in it until the process group's timeout (or until gloo sees the closed connection); they
+then raise the backend's error re-worded with the collective's name and rank. With
+``check_finite=True`` the ranks also compare their calls first (one extra ``all_gather`` of a few
+int64 per rank, one host read): a K, parameter-count, shape, dtype, method or optional-argument
+mismatch, or a rank whose own validation or local work fails, raises on every rank at once with
+the ranks and values at fault named — instead of gloo aborting the process or NCCL hanging on
+``all_reduce`` buffers of different lengths.
 
 What rides in the one ``all_reduce`` (float64; every entry is a sum over ranks):
 
@@ -67,6 +74,7 @@ from typing import Any, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
+from ._dist_checks import check_agreement, collective, exchange_device, report_failure, signature
 from ._inputs import TaskGradients, canonicalize, canonicalize_out, check_finite as _local_check_finite
 from .ops.primitives import assemble, gramian_of
 from .ops.registry import select
@@ -77,6 +85,8 @@ __all__ = ["reduce_shards", "all_reduce_gram", "check_shard_local", "ddp_combine
 # Generator states travel six bytes per float64 value (48-bit integers are exact in float64).
 _BYTES_PER_VALUE = 6
 _CPU_STATE_BYTES: List[int] = []
+_WHAT = "combine(..., process_group=...)"
+_WHAT_DDP = "ddp_combine"
 
 
 def resolve_group(process_group: Any):
@@ -178,7 +188,8 @@ def _raise_nonfinite(counts: torch.Tensor, tg: TaskGradients, losses, world: int
 
 def reduce_shards(tg: TaskGradients, method, process_group: Any, *, losses: Optional[torch.Tensor] = None,
                   generator: Optional[torch.Generator] = None, backend: Optional[str] = None,
-                  need_gram: bool = True, check_finite: bool = False, reference: Any = ...):
+                  need_gram: bool = True, check_finite: bool = False, reference: Any = ...,
+                  checked: bool = False, exact_shapes: bool = False):
     """Everything ``method.weights`` needs, made identical on every rank with one ``all_reduce``.
 
     ``tg`` is this rank's shard of the K task gradients (any layout; D may be 0). Returns
@@ -189,6 +200,11 @@ def reduce_shards(tg: TaskGradients, method, process_group: Any, *, losses: Opti
     method needs none of these (``mean``/``sum`` without ``return_info``).
 
     ``reference`` overrides ``method.reference`` (this rank's shard of it); ``...`` means use it.
+
+    With ``check_finite=True`` the ranks first compare their calls (K, parameters, dtype, method,
+    optional pieces; one extra ``all_gather`` of a few int64 per rank and one host read), so a
+    mismatch or a rank that fails on its own raises the same error on every rank instead of a
+    hang or an abort in the ``all_reduce``; ``checked=True`` skips that when the caller did it.
     """
     group = resolve_group(process_group)
     world = dist.get_world_size(group)
@@ -199,33 +215,46 @@ def reduce_shards(tg: TaskGradients, method, process_group: Any, *, losses: Opti
     if reference is ...:
         reference = getattr(method, "reference", None)
 
-    pieces = []
-    G_local = None
-    n = K
-    if need_gram:
-        if method.uses_reference and reference is not None:
-            G_local = gramian_of(tg.with_extra_task(reference, "reference"), backend)
-            n = K + 1
-        else:
-            G_local = gramian_of(tg, backend)
-        pieces.append(G_local.reshape(-1).to(torch.float64))
-    share_losses = losses is not None and method.uses_losses
-    if share_losses:
-        pieces.append(losses.to(device=device, dtype=torch.float64))
-    if check_finite:
-        pieces.append(_local_nonfinite(tg, losses))
-    own = None
-    if _may_draw_random(method):
-        own = generator if generator is not None else _default_generator(device)
-        state = own.get_state()
-        capacity = max(_cpu_state_bytes(), state.numel())
-        capacity = -(-capacity // _BYTES_PER_VALUE) * _BYTES_PER_VALUE
-        pieces.append(_pack_state(state if rank == 0 else None, capacity).to(device))
-    if not pieces:
-        return None, None, losses, generator
+    validate = check_finite and not checked  # one more small collective, see fastmtl/_dist_checks.py
+    try:  # this rank's own work; with validate, a failure here is reported to every rank
+        pieces = []
+        G_local = None
+        n = K
+        if need_gram:
+            if method.uses_reference and reference is not None:
+                G_local = gramian_of(tg.with_extra_task(reference, "reference"), backend)
+                n = K + 1
+            else:
+                G_local = gramian_of(tg, backend)
+            pieces.append(G_local.reshape(-1).to(torch.float64))
+        share_losses = losses is not None and method.uses_losses
+        if share_losses:
+            pieces.append(losses.to(device=device, dtype=torch.float64))
+        if check_finite:
+            pieces.append(_local_nonfinite(tg, losses))
+        own = None
+        if _may_draw_random(method):
+            own = generator if generator is not None else _default_generator(device)
+            state = own.get_state()
+            capacity = max(_cpu_state_bytes(), state.numel())
+            capacity = -(-capacity // _BYTES_PER_VALUE) * _BYTES_PER_VALUE
+            pieces.append(_pack_state(state if rank == 0 else None, capacity).to(device))
+        if not pieces:
+            return None, None, losses, generator
+    except Exception as exc:
+        if validate:
+            report_failure(group, exc, device, _WHAT)
+        raise
+    if validate:
+        sig = signature(tg, method, gram_side=n if need_gram else 0, share_losses=share_losses,
+                        state_bytes=capacity if own is not None else 0, exact=exact_shapes,
+                        uses_reference=n > K)
+        check_agreement(group, sig, exchange_device(group, device), _WHAT,
+                        f"K = {K}, method {method.name!r}, parameter shapes {_short_shapes(tg)}")
 
     buf = torch.cat(pieces)
-    dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=group)
+    collective("all_reduce of the partial Gram matrices", group, dist.all_reduce, buf, op=dist.ReduceOp.SUM,
+               group=group)
 
     offset = 0
     G = reference_dots = None
@@ -259,10 +288,17 @@ def reduce_shards(tg: TaskGradients, method, process_group: Any, *, losses: Opti
     return G, reference_dots, losses, generator
 
 
+def _short_shapes(tg: TaskGradients, most: int = 6) -> str:
+    shapes = [None if s is None else tuple(s) for s in tg.shapes]
+    return str(shapes[:most])[:-1] + f", ... ({len(shapes)} in all)]" if len(shapes) > most else str(shapes)
+
+
 def all_reduce_gram(G: torch.Tensor, process_group: Any) -> torch.Tensor:
     """The global Gram from this rank's partial one (summed in float64, returned in G's dtype)."""
     buf = G.to(torch.float64).contiguous()
-    dist.all_reduce(buf, op=dist.ReduceOp.SUM, group=resolve_group(process_group))
+    group = resolve_group(process_group)
+    collective("all_reduce of the partial Gram matrices", group, dist.all_reduce, buf, op=dist.ReduceOp.SUM,
+               group=group)
     return buf.to(G.dtype)
 
 
@@ -279,10 +315,13 @@ def check_shard_local(method, tg: TaskGradients, process_group: Any, losses: Opt
             f"method {method.name or type(method).__name__!r} computes its direction from whole task "
             "gradients (gram_free_direction) and has no sharded form; with process_group only Gram-space "
             "methods and elementwise methods that declare shard_local = True are supported")
-    if check_finite:
+    if check_finite:  # the calls' agreement first (one small all_gather), see fastmtl/_dist_checks.py
         group = resolve_group(process_group)
+        check_agreement(group, signature(tg, method, gram_side=0, share_losses=False, state_bytes=0, exact=False),
+                        exchange_device(group, tg.device), _WHAT)
         counts = _local_nonfinite(tg, losses)
-        dist.all_reduce(counts, op=dist.ReduceOp.SUM, group=group)
+        collective("all_reduce of the non-finite counts", group, dist.all_reduce, counts, op=dist.ReduceOp.SUM,
+                   group=group)
         _raise_nonfinite(counts, tg, losses, dist.get_world_size(group))
 
 
@@ -334,12 +373,12 @@ def _slice_input(tg: TaskGradients, extra: Optional[tuple], lo: int, hi: int):
 
 def _reduce_scatter(out: torch.Tensor, inp: torch.Tensor, group) -> None:
     fn = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
-    fn(out, inp, group=group)
+    collective("reduce_scatter of the task gradients", group, fn, out, inp, group=group)
 
 
 def _all_gather(out: torch.Tensor, inp: torch.Tensor, group) -> None:
     fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
-    fn(out, inp, group=group)
+    collective("all_gather of the combined direction", group, fn, out, inp, group=group)
 
 
 def ddp_combine(grads: Any, method: Any = "mean", *, process_group: Any = None, reduced: bool = False,
@@ -374,14 +413,24 @@ def ddp_combine(grads: Any, method: Any = "mean", *, process_group: Any = None, 
     group = resolve_group(process_group if process_group is not None else dist.group.WORLD)
     world = dist.get_world_size(group)
     rank = dist.get_rank(group)
-    tg = canonicalize(grads)
-    m = make_method(method, hyperparameters)
-    if m.gram_free_direction:
-        raise NotImplementedError(f"ddp_combine supports Gram-space methods; {m.name!r} is not one "
-                                  "(reduce-scatter the gradients and use combine(..., process_group=...))")
-    targets = None if out is None else canonicalize_out(out, tg)
-    K = tg.num_tasks
-    loss_vec = losses_tensor(losses, K, tg.device)
+    try:
+        tg = canonicalize(grads)
+        m = make_method(method, hyperparameters)
+        if m.gram_free_direction:
+            raise NotImplementedError(f"ddp_combine supports Gram-space methods; {m.name!r} is not one "
+                                      "(reduce-scatter the gradients and use combine(..., process_group=...))")
+        targets = None if out is None else canonicalize_out(out, tg)
+        K = tg.num_tasks
+        loss_vec = losses_tensor(losses, K, tg.device)
+    except Exception as exc:
+        if check_finite:  # every rank raises, instead of waiting for this one
+            report_failure(group, exc, None, _WHAT_DDP)
+        raise
+    if check_finite:  # replicas: D and every shape must agree; before the K-sized reduce-scatter
+        sig = signature(tg, m, gram_side=K + (m.uses_reference and m.reference is not None),
+                        share_losses=loss_vec is not None and m.uses_losses, state_bytes=0, exact=True)
+        check_agreement(group, sig, exchange_device(group, tg.device), _WHAT_DDP,
+                        f"K = {K}, D = {tg.total_numel}, method {m.name!r}")
     extra = None
     if m.uses_reference and m.reference is not None:
         extra = tg.with_extra_task(m.reference, "reference").entries[K]
@@ -394,7 +443,7 @@ def ddp_combine(grads: Any, method: Any = "mean", *, process_group: Any = None, 
         shard = canonicalize(shard_grads)
         G, ref_dots, loss_vec, generator = reduce_shards(
             shard, m, group, losses=loss_vec, generator=generator, backend=backend, need_gram=need_gram,
-            check_finite=check_finite, reference=shard_ref)
+            check_finite=check_finite, reference=shard_ref, checked=True)
         lam = _method_weights(m, G, losses=loss_vec, generator=generator, reference_dots=ref_dots, num_tasks=K,
                               check_finite=check_finite, device=tg.device)
         chosen = select("weighted_sum", tg, backend)
@@ -417,7 +466,7 @@ def ddp_combine(grads: Any, method: Any = "mean", *, process_group: Any = None, 
         shard = canonicalize(recv[:K])
         G, ref_dots, loss_vec, generator = reduce_shards(
             shard, m, group, losses=loss_vec, generator=generator, backend=backend, need_gram=need_gram,
-            check_finite=check_finite, reference=recv[K] if extra is not None else None)
+            check_finite=check_finite, reference=recv[K] if extra is not None else None, checked=True)
         lam = _method_weights(m, G, losses=loss_vec, generator=generator, reference_dots=ref_dots, num_tasks=K,
                               check_finite=check_finite, device=shard.device)
         chosen = select("weighted_sum", shard, backend)
