@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Callable, Dict, Optional
 
 
-def torchjd_aggregators() -> Dict[str, Callable]:
+def torchjd_aggregators(K: Optional[int] = None) -> Dict[str, Callable]:
     """``{fastmtl method name: TorchJD aggregator}`` for the methods both provide.
 
     Empty when TorchJD (the ``bench`` extra) is missing; an aggregator whose optional solver
-    dependency is missing is left out.
+    dependency is missing is left out. ``K`` (the number of tasks) adds the aggregators that need
+    it at construction (``NashMTL``).
     """
     try:
         import torchjd.aggregation as agg
@@ -24,7 +25,10 @@ def torchjd_aggregators() -> Dict[str, Callable]:
         "imtl_g": lambda: agg.IMTLG(),
         "aligned_mtl": lambda: agg.AlignedMTL(),
         "cagrad": lambda: agg.CAGrad(c=0.5),
+        "graddrop": lambda: agg.GradDrop(),
     }
+    if K is not None:
+        makers["nash_mtl"] = lambda: agg.NashMTL(n_tasks=K)
     out = {}
     for name, make in makers.items():
         try:
