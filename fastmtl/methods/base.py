@@ -44,6 +44,32 @@ class Method:
     shard_local: ClassVar[bool] = False
 
     reference = None
+    # Instance attributes that carry state across steps (see fastmtl/methods/state.py).
+    _state_attrs: ClassVar[tuple] = ()
+
+    def state_dict(self) -> dict:
+        """The method's state across steps, ``torch.nn.Module``-style (tensors and plain values).
+
+        Keys: ``"_method"`` (registry name), ``"_version"`` and one key per state attribute
+        (stateless methods: the two metadata keys only). Tensors share storage with the live
+        state: ``torch.save`` the dict before the next step. Loads with
+        ``torch.load(..., weights_only=True)``. A random ``generator`` passed to ``combine`` is the
+        caller's: save ``generator.get_state()`` in the same checkpoint.
+        """
+        from .state import STATE_VERSION, collect
+        return {"_method": self.name, "_version": STATE_VERSION, **collect(self)}
+
+    def load_state_dict(self, state: dict, strict: bool = True):
+        """Restore :meth:`state_dict` output; returns ``(missing_keys, unexpected_keys)``.
+
+        Raises ``ValueError`` naming the method and key on another method's state, a shape
+        (number of tasks / parameters) or dtype different from the state this instance already
+        holds, or a value of the wrong kind; ``KeyError`` on missing/unexpected keys when
+        ``strict``. Loaded tensors are cloned and stay on the device ``torch.load`` put them on,
+        except where the instance already holds a tensor for the key (copied in place).
+        """
+        from .state import load
+        return load(self, state, strict)
 
     def direction(self, tg, *, losses: Optional[torch.Tensor] = None,
                   generator: Optional[torch.Generator] = None, out=None, backend: Optional[str] = None):

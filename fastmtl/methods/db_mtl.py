@@ -42,6 +42,7 @@ class DBMTL(Method):
     uses_losses = True
     stateful = True
     gram_free_direction = True
+    _state_attrs = ("_buffers", "_shapes", "_K", "_step", "alpha")
 
     def __init__(self, beta: float = 0.9, sigma: float = 0.0, eps: float = 1e-8):
         beta = check_positive("beta", beta)
@@ -59,6 +60,14 @@ class DBMTL(Method):
         self._K: Optional[int] = None
         self._step = 0
         self.alpha: Optional[torch.Tensor] = None
+
+    def _after_load(self) -> None:
+        # The device check in _check_state compares against the buffers' (loaded) device.
+        held = [b for b in (self._buffers or []) if b is not None]
+        if held:
+            self._device = held[0].device
+        elif self._shapes is not None:
+            self._shapes, self._buffers, self._K = None, None, None  # nothing buffered yet
 
     def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
         raise TypeError("DB-MTL combines its gradient buffer, not the current gradients: call "

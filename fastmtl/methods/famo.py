@@ -19,6 +19,8 @@ class AdamState:
     Runs on the parameter's device with no host synchronisation: the step count is a Python int.
     """
 
+    _state_attrs = ("t", "m", "v")
+
     def __init__(self, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
         self.lr = float(lr)
         self.betas = (float(betas[0]), float(betas[1]))
@@ -80,6 +82,7 @@ class FAMO(Method):
     requires_gram = False
     uses_losses = True
     stateful = True
+    _state_attrs = ("_logits", "_adam", "_prev_losses", "_K", "_min_losses")
 
     def __init__(self, w_lr: float = 0.025, gamma: float = 1e-3, min_losses=None, eps: float = 1e-8):
         self.w_lr = check_positive("w_lr", w_lr, allow_zero=False)

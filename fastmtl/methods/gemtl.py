@@ -45,6 +45,7 @@ class GeMTL(Method):
     requires_gram = False
     uses_losses = True
     stateful = True
+    _state_attrs = ("_step",)
 
     def __init__(self, p: Union[float, Callable] = -0.5, p_schedule: str = "constant",
                  total_steps: Optional[int] = None, p_end: Optional[float] = None,

@@ -54,6 +54,7 @@ class GradNorm(Method):
     name = "gradnorm"
     uses_losses = True
     stateful = True
+    _state_attrs = ("_param", "_l0", "_epoch_sum", "_epoch_count", "_adam", "_K")
 
     def __init__(self, alpha: float = 1.5, lr: Optional[float] = None, variant: str = "paper",
                  optimizer: Optional[str] = None, initial_loss: Optional[str] = None,

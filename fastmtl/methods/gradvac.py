@@ -61,6 +61,7 @@ class GradVac(Method):
 
     name = "gradvac"
     stateful = True
+    _state_attrs = ("_phi",)
 
     def __init__(self, beta: float = 0.5, eps: float = 1e-8, shuffle: bool = True,
                  granularity: str = "whole"):

@@ -41,6 +41,7 @@ class UW(Method):
     requires_gram = False
     uses_losses = True
     stateful = True
+    _state_attrs = ("s",)
 
     def __init__(self, num_tasks: Optional[int] = None, init: float = 0.0, lr: Optional[float] = None,
                  device=None):
@@ -107,6 +108,7 @@ class DWA(Method):
     requires_gram = False
     uses_losses = True
     stateful = True
+    _state_attrs = ("_epoch_sum", "_epoch_count", "_history", "_costs", "_calls", "_current", "_K")
 
     def __init__(self, temperature: float = 2.0, window: Optional[int] = None):
         self.temperature = check_positive("temperature", temperature, allow_zero=False)

@@ -48,6 +48,7 @@ class NashMTL(Method):
 
     name = "nash_mtl"
     stateful = True
+    _state_attrs = ("_alpha", "_step")
 
     def __init__(self, update_weights_every: int = 1, max_norm: float = 1.0,
                  iterations: Optional[int] = None, fallback_tol: float = 1e-3):

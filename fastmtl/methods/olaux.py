@@ -41,6 +41,7 @@ class OLAUX(Method):
 
     name = "olaux"
     stateful = True
+    _state_attrs = ("_w", "_acc", "_count", "_adam")
 
     def __init__(self, main_task: int = 0, horizon: int = 5, lr: float = 0.1, model_lr: float = 0.01,
                  init_weight: float = 1.0, nonnegative: bool = False, max_change: Optional[float] = None,

@@ -40,6 +40,7 @@ class WeightedPCGrad(Method):
     name = "wpcgrad"
     uses_losses = True
     stateful = True
+    _state_attrs = ("_epoch_sum", "_epoch_count", "_previous_epoch")
 
     def __init__(self, priorities: Optional[Sequence[float]] = None, gamma: float = 1.0,
                  project_against: str = "modified", eps: float = 1e-8):
