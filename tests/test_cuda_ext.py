@@ -37,7 +37,13 @@ from _families import make_jacobian, split_params
 
 needs_ext = pytest.mark.skipif(not fcuda.extension_loaded(), reason=f"fastmtl._C not loaded: {fcuda.load_error()}")
 _GPU_REASON = fcuda.unavailable_reason()
-gpu = pytest.mark.skipif(_GPU_REASON is not None, reason=f"cuda backend unavailable: {_GPU_REASON}")
+_gpu_skip = pytest.mark.skipif(_GPU_REASON is not None, reason=f"cuda backend unavailable: {_GPU_REASON}")
+
+
+def gpu(fn):
+    """The GPU section: marked ``gpu`` (selected by ``pytest -m gpu``) and skipped without a device."""
+    return pytest.mark.gpu(_gpu_skip(fn))
+
 
 SCHEMAS = {
     "gramian_cuda": "fastmtl::gramian_cuda(Tensor?[] tensors, int num_tasks) -> Tensor",

@@ -131,6 +131,7 @@ def test_peak_does_not_grow_with_D(dtype):
     assert peaks[1] <= 3 * _CHUNK_ELEMENTS * 4 + size * 4 + (64 << 10), peaks
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("method", ["upgrad", "pcgrad"])
 def test_per_parameter_layout_gpu_peak(method):

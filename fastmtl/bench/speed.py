@@ -116,7 +116,7 @@ _SKIPS_SAID: set = set()
 
 def run_point(methods: Iterable[str], K: int, D: int, *, dtype: torch.dtype = torch.float32, device: str = "cpu",
               layout: str = "matrix", backends: Sequence[Optional[str]] = (None,), peers: bool = True,
-              reps: int = 7, copy_bw: Optional[float] = None, with_reference: bool = True,
+              reps: int = 7, warmup: int = 2, copy_bw: Optional[float] = None, with_reference: bool = True,
               deadline: Optional[float] = None, on_row: Optional[Callable[[SpeedRow], None]] = None,
               progress: bool = True) -> List[SpeedRow]:
     """Time ``combine`` for each method on each backend at one (K, D, dtype, layout) point.
@@ -152,7 +152,7 @@ def run_point(methods: Iterable[str], K: int, D: int, *, dtype: torch.dtype = to
             try:
                 out, info = fastmtl.combine(grads, method=method, losses=losses, backend=backend, return_info=True,
                                             generator=torch.Generator(device="cpu").manual_seed(0))
-                t = median_time(run, device, reps=reps)
+                t = median_time(run, device, reps=reps, warmup=warmup)
             except Exception as exc:  # a backend that cannot run here must not stop the sweep
                 why = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
                 if (backend, why) not in _SKIPS_SAID:  # said once per backend and reason
@@ -164,18 +164,19 @@ def run_point(methods: Iterable[str], K: int, D: int, *, dtype: torch.dtype = to
                 ref_t, ref_out = t, out
             elif with_reference and ref_t is None:
                 ref_out = run("reference")
-                ref_t = median_time(lambda: run("reference"), device, reps=reps)
+                ref_t = median_time(lambda: run("reference"), device, reps=reps, warmup=warmup)
             err = None if ref_out is None or info.backend == "reference" else _rel_err(out, ref_out)
             del out
             if peer_t is None:
                 jd_t = lib_t = None
                 if method in jd:
                     try:
-                        jd_t = median_time(lambda agg=jd[method]: agg(J), device, reps=reps)
+                        jd_t = median_time(lambda agg=jd[method]: agg(J), device, reps=reps, warmup=warmup)
                     except Exception as exc:  # a peer failing must not stop the table
                         print(f"  torchjd {method} failed: {exc!r}", file=sys.stderr)
                 if peers and method in LIBMTL_STYLE and fp32_matrix and K * D <= lib_limit:
-                    lib_t = median_time(lambda fn=LIBMTL_STYLE[method]: fn(J), device, reps=max(3, reps // 2))
+                    lib_t = median_time(lambda fn=LIBMTL_STYLE[method]: fn(J), device, reps=max(1, min(3, reps)),
+                                        warmup=min(1, warmup))
                 peer_t = (jd_t, lib_t)
             jd_t, lib_t = peer_t
             # Bytes of the floor: two reads of J (Gram, weighted sum), one write of the D outputs.
@@ -282,6 +283,7 @@ class SweepPreset:
     layouts: Tuple[str, ...]
     backends: Tuple[str, ...] = ALL_BACKENDS
     reps: int = 5
+    warmup: int = 2
     device: Optional[str] = None  # None: CUDA when available
     help: str = ""
 
@@ -294,7 +296,7 @@ PRESETS = {
              "TorchJD and LibMTL-style peers; D = 1e8 first"),
     "quick-dry": SweepPreset(
         QUICK_METHODS, Ks=(2, 8), Ds=(2048,), dtypes=("float32", "bfloat16"), layouts=("matrix", "params"),
-        reps=2, device="cpu", help="the quick preset's code path at CPU size (seconds)"),
+        reps=1, warmup=1, device="cpu", help="the quick preset's code path at CPU size (seconds)"),
 }
 
 
@@ -357,7 +359,7 @@ def run_sweep(preset: SweepPreset, csv_path: str, *, device: Optional[str] = Non
             print(f"[{i}/{len(points)}] K={K} D={D:.0e} {dt} {layout} ({time.monotonic() - t0:.0f} s)",
                   file=sys.stderr, flush=True)
             run_point(preset.methods, K, D, dtype=dtype, device=dev, layout=layout, backends=preset.backends,
-                      reps=preset.reps, copy_bw=copy_bw, with_reference=False, deadline=deadline, on_row=writer,
+                      reps=preset.reps, warmup=preset.warmup, copy_bw=copy_bw, with_reference=False, deadline=deadline, on_row=writer,
                       progress=True)
             if dev.startswith("cuda"):
                 torch.cuda.empty_cache()
