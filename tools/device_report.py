@@ -8,7 +8,7 @@ Subcommands (run from the repository root with the Python that holds torch):
   rewrites ``sweep.md`` / ``sweep.png`` from ``sweep.csv`` when the sweep was cut short, and prints
   the summary and the headline table last (the part of a log that a truncated reply still shows);
 * ``collect OUT_DIR [--dest benchmarks/results]``: copies the results of a device run into the
-  results folder under the name ``<device>_<date>_<commit>`` (see ``benchmarks/results/README.md``).
+  results folder as ``<device>_<date>_<commit>_sweep.csv`` etc. (see ``benchmarks/results/README.md``).
 """
 
 from __future__ import annotations
@@ -152,8 +152,8 @@ def cmd_collect(args) -> int:
             return 2
         stem = found[-1]
     os.makedirs(dest, exist_ok=True)
-    copies = {"sweep.csv": ".csv", "sweep.md": ".md", "sweep.png": ".png", "summary.txt": "_summary.txt",
-              "device_check.log": ".log"}
+    copies = {"sweep.csv": "_sweep.csv", "sweep.md": "_sweep.md", "sweep.png": "_sweep.png",
+              "summary.txt": "_summary.txt", "device_check.log": "_device_check.log"}
     for name, suffix in copies.items():
         path = os.path.join(src, name)
         if os.path.exists(path):
