@@ -150,6 +150,9 @@ run_all() {
     local left=$((BUDGET - (SECONDS - START) - RESERVE))
     stage sweep "$left" "preset $PRESET" "$PY" -m fastmtl.bench speed --preset "$PRESET" \
         --out "$OUT_DIR/sweep.csv" --deadline $((left > 40 ? left - 20 : left / 2))
+    if grep -q "^  deadline" "$LOG" 2>/dev/null; then
+        record sweep "CUT at its deadline" 0 "$(grep -m1 '^  deadline' "$LOG" | sed 's/^ *//')"
+    fi
     has_module matplotlib || say "matplotlib missing: no sweep.png"
     has_module torchjd || say "torchjd missing: no TorchJD columns (speed-up over TorchJD not measured)"
 
