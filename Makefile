@@ -20,7 +20,7 @@ export CUDA_HOME TORCH_CUDA_ARCH_LIST MAX_JOBS
 
 STAMP := $(VENV)/.fastmtl-installed
 
-.PHONY: demo test bench venv install lint clean
+.PHONY: demo test bench venv install lint clean device-check
 
 $(VENV)/.deps-installed:
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,13 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m fastmtl.bench sweep
+
+# On a GPU machine with torch already installed (no venv, no network): build for that GPU, GPU
+# tests, quick sweep; outputs in $$OUT or bench_out/device/. `make device-check DEVICE_CHECK_ARGS=--dry-run`
+# runs every stage on CPU.
+DEVICE_CHECK_ARGS ?=
+device-check:
+	bash tools/device_check.sh $(DEVICE_CHECK_ARGS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check fastmtl tests benchmarks

@@ -10,3 +10,11 @@ import torch as _torch
 if not _torch.cuda.is_available():
     _os.environ.setdefault("TRITON_INTERPRET", "1")
 # --- end Triton ------------------------------------------------------------------------------------
+
+
+# --- the gpu marker: exactly the tests that skip without a CUDA device (see _gpu_marker.py) --------
+def pytest_configure(config):
+    from _gpu_marker import GpuMarkerPlugin
+
+    config.pluginmanager.register(GpuMarkerPlugin(), "fastmtl-gpu-marker")
+# --- end gpu marker --------------------------------------------------------------------------------

@@ -46,6 +46,11 @@ def cmd_speed(args) -> None:
                      header=f"# combine latency on {_device_name('cpu')} (torch {torch.__version__}), "
                             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
         return
+    if getattr(args, "preset", None) in speed.PRESETS:
+        dev = speed.PRESETS[args.preset].device or args.device
+        speed.run_preset(args.preset, args.out or f"bench_out/{args.preset}.csv", deadline_s=args.deadline, device=dev,
+                         title=f"combine on {_device_name(dev)} (torch {torch.__version__}),")
+        return
     dtype = getattr(torch, args.dtype)
     methods = args.methods.split(",") if args.methods else DEMO_METHODS
     print(f"# combine speed on {_device_name(args.device)} (torch {torch.__version__})")
@@ -210,9 +215,12 @@ def main(argv=None) -> None:
     p.add_argument("--layout", default="matrix", choices=["matrix", "params"])
     p.add_argument("--backend", default=None)
     p.add_argument("--methods", default=None)
-    p.add_argument("--preset", default=None, choices=["latency"],
+    p.add_argument("--preset", default=None, choices=["latency", *speed.PRESETS],
                    help="latency: K 2-16, D 1e4-1e6, flat and 200-tensor layouts, every method TorchJD also has, "
-                        "at 1 thread on CPU; tables in bench_out/latency.*")
+                        "at 1 thread on CPU; tables in bench_out/latency.* | "
+                        + " | ".join(f"{k}: {v.help}" for k, v in speed.PRESETS.items())
+                        + " (CSV row by row at --out, default bench_out/PRESET.csv, with .md and .png beside it)")
+    p.add_argument("--deadline", type=float, default=None, help="presets: stop measuring after this many seconds")
     p.set_defaults(fn=cmd_speed)
 
     p = sub.add_parser("toy", help="B1 CAGrad toy")
