@@ -21,12 +21,12 @@ group order, so results are bitwise identical for any thread count.
 
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 
 from ._inputs import TaskGradients
-from ._op_entries import first_entry
+from ._op_entries import first_entry, task_major_entries, weighted_sum_into
 
 OP_NAMES = ("gramian_cpu", "weighted_sum_cpu", "weighted_sum_cpu_out")
 
@@ -98,15 +98,9 @@ if _C is not None and all(hasattr(torch.ops.fastmtl, name) for name in OP_NAMES)
 # ---- backend implementations (the reference signatures) ------------------------------------------
 
 
-def _entries(tg: TaskGradients, columns: Optional[Sequence[int]] = None) -> list:
-    if columns is None:
-        return [t for row in tg.entries for t in row]
-    return [row[p] for row in tg.entries for p in columns]
-
-
 def gramian_tg(tg: TaskGradients) -> torch.Tensor:
     """Gram matrix of validated task gradients; same contract as ``gramian_ref``."""
-    return torch.ops.fastmtl.gramian_cpu(_entries(tg), tg.num_tasks)
+    return torch.ops.fastmtl.gramian_cpu(task_major_entries(tg), tg.num_tasks)
 
 
 def weighted_sum_tg(tg: TaskGradients, weights: torch.Tensor,
@@ -120,20 +114,9 @@ def weighted_sum_tg(tg: TaskGradients, weights: torch.Tensor,
     if weights.device != tg.device:
         weights = weights.to(tg.device)
     if out is None:
-        parts = torch.ops.fastmtl.weighted_sum_cpu(_entries(tg), K, weights)
+        parts = torch.ops.fastmtl.weighted_sum_cpu(task_major_entries(tg), K, weights)
         return [None if shape is None else part for part, shape in zip(parts, tg.shapes)]
-    targets = list(out)
-    active = [p for p, shape in enumerate(tg.shapes) if shape is not None]
-    groups: Dict[torch.dtype, list] = {}
-    for p in active:
-        groups.setdefault(targets[p].dtype, []).append(p)
-    if len(groups) == 1 and len(active) == tg.num_params:
-        torch.ops.fastmtl.weighted_sum_cpu_out(_entries(tg), K, weights, targets)
-    else:
-        for columns in groups.values():
-            torch.ops.fastmtl.weighted_sum_cpu_out(_entries(tg, columns), K, weights,
-                                                   [targets[p] for p in columns])
-    return targets
+    return weighted_sum_into(tg, weights, out, torch.ops.fastmtl.weighted_sum_cpu_out)
 
 
 def defer_to_blas(primitive: str, tg: TaskGradients) -> bool:

@@ -7,7 +7,7 @@ fake tensors too.
 
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Type
+from typing import Callable, Dict, List, Optional, Sequence, Type
 
 import torch
 
@@ -39,3 +39,31 @@ def column_numels(tensors: Sequence[Optional[torch.Tensor]], num_tasks: int) -> 
                 break
         numels.append(n)
     return numels
+
+
+def task_major_entries(tg, columns: Optional[Sequence[int]] = None) -> list:
+    """``tg``'s gradients as the ops' flat task-major list, optionally restricted to ``columns``."""
+    if columns is None:
+        return [t for row in tg.entries for t in row]
+    return [row[p] for row in tg.entries for p in columns]
+
+
+def weighted_sum_into(tg, weights: torch.Tensor, out: Sequence[Optional[torch.Tensor]],
+                      out_op: Callable) -> list:
+    """Write ``Σ_k weights[k] g_k[p]`` into ``out[p]`` through a ``weighted_sum_*_out`` op.
+
+    The ops take one output dtype per call, so parameters are grouped by their ``out`` tensor's
+    dtype: one call in the usual case (every parameter active, one dtype), one per dtype otherwise.
+    Parameters no task touches are left out, and their ``out`` entries untouched.
+    """
+    targets = list(out)
+    active = [p for p, shape in enumerate(tg.shapes) if shape is not None]
+    groups: Dict[torch.dtype, list] = {}
+    for p in active:
+        groups.setdefault(targets[p].dtype, []).append(p)
+    if len(groups) == 1 and len(active) == tg.num_params:
+        out_op(task_major_entries(tg), tg.num_tasks, weights, targets)
+    else:
+        for columns in groups.values():
+            out_op(task_major_entries(tg, columns), tg.num_tasks, weights, [targets[p] for p in columns])
+    return targets

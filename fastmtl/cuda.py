@@ -33,7 +33,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from ._op_entries import column_numels, first_entry  # noqa: F401  (re-exported)
+from ._op_entries import column_numels, first_entry, task_major_entries, weighted_sum_into  # noqa: F401  (re-exported)
 
 from ._inputs import TaskGradients
 
@@ -211,15 +211,9 @@ def table_cache_clear() -> None:
 # ---- backend implementations (the reference signatures) ------------------------------------------
 
 
-def _entries(tg: TaskGradients, columns: Optional[Sequence[int]] = None) -> list:
-    if columns is None:
-        return [t for row in tg.entries for t in row]
-    return [row[p] for row in tg.entries for p in columns]
-
-
 def gramian_tg(tg: TaskGradients) -> torch.Tensor:
     """Gram matrix of validated task gradients; same contract as ``gramian_ref``."""
-    return torch.ops.fastmtl.gramian_cuda(_entries(tg), tg.num_tasks)
+    return torch.ops.fastmtl.gramian_cuda(task_major_entries(tg), tg.num_tasks)
 
 
 def weighted_sum_tg(tg: TaskGradients, weights: torch.Tensor,
@@ -233,20 +227,9 @@ def weighted_sum_tg(tg: TaskGradients, weights: torch.Tensor,
     if weights.device != tg.device:
         weights = weights.to(tg.device)
     if out is None:
-        flat = torch.ops.fastmtl.weighted_sum_cuda(_entries(tg), K, weights)
+        flat = torch.ops.fastmtl.weighted_sum_cuda(task_major_entries(tg), K, weights)
         return split_flat(flat, tg.shapes)
-    targets = list(out)
-    active = [p for p, shape in enumerate(tg.shapes) if shape is not None]
-    groups: Dict[torch.dtype, list] = {}
-    for p in active:
-        groups.setdefault(targets[p].dtype, []).append(p)
-    if len(groups) == 1 and len(active) == tg.num_params:
-        torch.ops.fastmtl.weighted_sum_cuda_out(_entries(tg), K, weights, targets)
-    else:
-        for columns in groups.values():
-            torch.ops.fastmtl.weighted_sum_cuda_out(_entries(tg, columns), K, weights,
-                                                    [targets[p] for p in columns])
-    return targets
+    return weighted_sum_into(tg, weights, out, torch.ops.fastmtl.weighted_sum_cuda_out)
 
 
 def extra_reasons(tg: TaskGradients) -> List[str]:
