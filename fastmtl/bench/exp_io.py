@@ -66,6 +66,16 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, path: str, title: str) -> bool:
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return True
+
+
 def plot_bars(table: Mapping[str, Mapping[str, Tuple[float, float]]], metrics: Sequence[str], path: str,
               title: str = "") -> bool:
     """``table[row][metric] = (mean, std)``: one bar chart per metric with ±std error bars."""
@@ -82,13 +92,7 @@ def plot_bars(table: Mapping[str, Mapping[str, Tuple[float, float]]], metrics: S
         ax.set_xticklabels(rows, rotation=30, ha="right", fontsize=8)
         ax.set_title(c, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path, title)
 
 
 def rolling_mean(x: torch.Tensor, window: int) -> torch.Tensor:
@@ -124,13 +128,7 @@ def plot_trajectories(panels: Mapping[str, Mapping[str, torch.Tensor]], path: st
         ax.set_ylabel(ylabel, fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return True
+    return _save(plt, fig, path, title)
 
 
 def table_markdown(table: Mapping[str, Mapping[str, Tuple[float, float]]], metrics: Sequence[str],

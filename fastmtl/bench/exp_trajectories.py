@@ -26,7 +26,7 @@ import torch
 from .. import training
 from ..methods import make_method
 from .exp_io import progress
-from .problems import Problem, make_relreg, mlp_net
+from .problems import Problem, main_mae, make_relreg, mlp_net, regression_losses
 
 TRAJ_METHODS = ("hydalearn", "hydalearn_la", "olaux")
 
@@ -46,16 +46,8 @@ def make_relreg_drift(seed: int, *, rho: float = 0.9, epochs: int = 60, lr: floa
     wu = torch.randn(d, generator=g) / math.sqrt(d)
     Y = torch.stack([torch.tanh(2 * X @ w0), torch.tanh(2 * X @ wr), torch.tanh(2 * X @ wu)], 1)
 
-    def losses(outs, y):
-        return torch.stack([(o.squeeze(-1) - y[:, k]) ** 2 for k, o in enumerate(outs)])
-
-    def evaluate(model, x, y):
-        with torch.no_grad():
-            pred = model(x)[0].squeeze(-1)
-        return {"main MAE": float((pred - y[:, 0]).abs().mean())}
-
     return Problem("b3b-drift", 3, (X[:300], Y[:300]), (X[300:500], Y[300:500]), (X[500:], Y[500:]),
-                   lambda: mlp_net(d, (64, 64), 3, 16), losses, evaluate, (("main MAE", False),),
+                   lambda: mlp_net(d, (64, 64), 3, 16), regression_losses, main_mae, (("main MAE", False),),
                    lr=lr, batch_size=16, val_batch_size=32, epochs=epochs, clip=5.0,
                    task_names=("main", "aux1", "aux2"),
                    notes=["aux1 helpful (ρ = 0.9) for the first half, then aux1 ↔ aux2 training targets swapped"])

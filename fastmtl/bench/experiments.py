@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import inspect
 import math
-import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,6 +37,7 @@ import torch
 
 from .. import training
 from ..methods import METHODS, make_method
+from .exp_io import plot_bars
 from .problems import (PROBLEMS, MTLNet, Problem, _auc, load_mnist_sample, make_digits_ovr,  # noqa: F401
                        make_multidigits, make_relreg, mlp_net, multilenet, overlay_pairs)
 
@@ -258,27 +258,4 @@ def format_table(summary, problem: Problem) -> str:
 
 def plot_summary(summary, problem: Problem, path: str, title: str = "") -> bool:
     """One bar chart per metric with ±std error bars; ``False`` if matplotlib is missing."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except Exception:  # noqa: BLE001
-        return False
-    cols = [k for k, _ in problem.metrics]
-    methods = list(summary)
-    fig, axes = plt.subplots(1, len(cols), figsize=(len(cols) * (0.55 * len(methods) + 1.2), 3.8), squeeze=False)
-    for ax, c in zip(axes[0], cols):
-        means = [summary[m][c][0] if c in summary[m] else float("nan") for m in methods]
-        stds = [summary[m][c][1] if c in summary[m] else 0.0 for m in methods]
-        ax.bar(range(len(methods)), means, yerr=stds, capsize=3, color="#4c72b0")
-        ax.set_xticks(range(len(methods)))
-        ax.set_xticklabels(methods, rotation=30, ha="right")
-        ax.set_title(c)
-        ax.grid(axis="y", alpha=0.3)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return plot_bars(summary, [k for k, _ in problem.metrics], path, title)

@@ -41,6 +41,18 @@ def mlp_net(d_in: int, widths: Sequence[int], K: int, head_hidden: int, d_out: i
     return MTLNet(nn.Sequential(*layers), heads)
 
 
+
+def regression_losses(outs, y):
+    """Per-sample squared error of every task head (B3b-style regression problems)."""
+    return torch.stack([(o.squeeze(-1) - y[:, k]) ** 2 for k, o in enumerate(outs)])
+
+
+def main_mae(model, x, y):
+    """Mean absolute error of the main (first) head."""
+    with torch.no_grad():
+        pred = model(x)[0].squeeze(-1)
+    return {"main MAE": float((pred - y[:, 0]).abs().mean())}
+
 def multilenet(size: int = 28, K: int = 2) -> MTLNet:
     """MultiLeNet (Sener & Koltun 2018) without dropout: conv 1→10 k5, pool, ReLU; conv 10→20 k5,
     pool, ReLU; fc → 50, ReLU; heads fc 50→50, ReLU, fc 50→10."""
@@ -99,16 +111,8 @@ def make_relreg(seed: int, *, noise: float = 0.3, rho: float = 0.9, epochs: int 
     noisy = torch.rand(300, generator=g) < noise
     Ytr[noisy, 0] = torch.randn(int(noisy.sum()), generator=g)
 
-    def losses(outs, y):
-        return torch.stack([(o.squeeze(-1) - y[:, k]) ** 2 for k, o in enumerate(outs)])
-
-    def evaluate(model, x, y):
-        with torch.no_grad():
-            pred = model(x)[0].squeeze(-1)
-        return {"main MAE": float((pred - y[:, 0]).abs().mean())}
-
     return Problem("b3b", 3, (Xtr, Ytr), (X[300:500], Y[300:500]), (X[500:], Y[500:]),
-                   lambda: mlp_net(d, (64, 64), 3, 16), losses, evaluate, (("main MAE", False),),
+                   lambda: mlp_net(d, (64, 64), 3, 16), regression_losses, main_mae, (("main MAE", False),),
                    lr=lr, batch_size=16, val_batch_size=32, epochs=epochs, clip=5.0, noisy_main=noisy,
                    task_names=("main", "helpful", "harmful"),
                    notes=[f"{int(noise * 100)}% of main-task training targets replaced by N(0,1)"])
