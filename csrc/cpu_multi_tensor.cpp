@@ -9,8 +9,8 @@
 //       product (also when the other operand holds Inf/NaN).
 //   weighted_sum_cpu(Tensor?[] tensors, int num_tasks, Tensor weights) -> Tensor[]
 //       sum_k weights[k] * g[k][p] for every parameter p, shaped like the parameter, in the inputs'
-//       dtype: views of ONE allocation (P views made here cost far less than in Python). A
-//       parameter no task touches gets an empty 1-D tensor (fastmtl._cpu_ops turns it into None).
+//       dtype, one allocation each (custom-op outputs must not alias one another). A parameter no
+//       task touches gets an empty 1-D tensor (fastmtl._cpu_ops turns it into None).
 //   weighted_sum_cpu_out(Tensor?[] tensors, int num_tasks, Tensor weights, Tensor(a!)[] out) -> ()
 //       writes parameter p into out[p] (any supported dtype). out[p] may be exactly one of parameter
 //       p's inputs; any other overlap with an input or another out tensor is an error.
@@ -366,30 +366,20 @@ void wsum_run(const Table& t, const at::Tensor& weights, void* const* out, at::S
 bool owner_missing(const Table& t, int64_t p) { return t.shape[p].empty() && t.numel[p] == 0; }
 
 std::vector<at::Tensor> weighted_sum_cpu(const OptTensorList& tensors, int64_t num_tasks, const at::Tensor& weights) {
+  // One allocation per parameter: outputs of a custom op must not alias each other (views of one
+  // flat buffer are rejected under torch.compile), and P at::empty calls here cost far less than P
+  // Python-side views of a flat result would.
   const char* op = "fastmtl::weighted_sum_cpu";
   const Table t = make_table(tensors, num_tasks, op);
-  int64_t total = 0;
-  for (int64_t p = 0; p < t.P; ++p) total += t.numel[p];
-  at::Tensor flat = at::empty({total}, at::TensorOptions().dtype(t.dtype));
-  std::vector<void*> out(t.P, nullptr);
-  char* base = static_cast<char*>(flat.data_ptr());
-  int64_t off = 0;
-  for (int64_t p = 0; p < t.P; ++p) {
-    out[p] = base + off * flat.element_size();
-    off += t.numel[p];
-  }
-  wsum_run(t, weights, out.data(), t.dtype, op);
+  const at::TensorOptions options = at::TensorOptions().dtype(t.dtype);
   std::vector<at::Tensor> parts;
   parts.reserve(t.P);
-  off = 0;
+  std::vector<void*> out(t.P, nullptr);
   for (int64_t p = 0; p < t.P; ++p) {
-    if (owner_missing(t, p)) {
-      parts.push_back(flat.narrow(0, off, 0));  // a view as well: the fake kernel mirrors the aliasing
-    } else {
-      parts.push_back(flat.narrow(0, off, t.numel[p]).view(t.shape[p]));
-    }
-    off += t.numel[p];
+    parts.push_back(owner_missing(t, p) ? at::empty({0}, options) : at::empty(t.shape[p], options));
+    out[p] = parts.back().data_ptr();
   }
+  wsum_run(t, weights, out.data(), t.dtype, op);
   return parts;
 }
 

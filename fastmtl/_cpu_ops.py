@@ -8,7 +8,7 @@ where the task does not touch it):
   ``[K, K]``, float32 (float64 for float64 inputs);
 * ``weighted_sum_cpu(Tensor?[] tensors, int num_tasks, Tensor weights) -> Tensor[]``: every
   parameter's ``d[p] = Σ_k weights[k] g_k[p]``, shaped like the parameter, in the inputs' dtype
-  (views of one allocation; an empty 1-D tensor for a parameter no task touches);
+  (one allocation each; an empty 1-D tensor for a parameter no task touches);
 * ``weighted_sum_cpu_out(..., Tensor(a!)[] out) -> ()``: writes ``d[p]`` into ``out[p]`` (e.g. the
   parameters' ``.grad``); ``out[p]`` may be exactly one of parameter ``p``'s inputs.
 
@@ -65,21 +65,12 @@ def _register_fakes() -> None:
     @torch.library.register_fake("fastmtl::weighted_sum_cpu")
     def _weighted_sum_fake(tensors, num_tasks, weights):
         ref = first_entry(tensors, num_tasks, "fastmtl::weighted_sum_cpu", RuntimeError)
-        # Views of one allocation, as the real kernel returns (opcheck compares the aliasing).
+        # One allocation per parameter, as the real kernel returns (outputs must not alias).
         P = len(tensors) // num_tasks
-        shapes = []
+        parts = []
         for p in range(P):
             column = [tensors[k * P + p] for k in range(num_tasks) if tensors[k * P + p] is not None]
-            shapes.append(column[0].shape if column else None)
-        total = 0
-        for shape in shapes:
-            total = total + (0 if shape is None else shape.numel())
-        flat = ref.new_empty((total,))
-        parts, off = [], 0
-        for shape in shapes:
-            n = 0 if shape is None else shape.numel()
-            parts.append(flat.narrow(0, off, n).view(shape if shape is not None else (0,)))
-            off = off + n
+            parts.append(ref.new_empty(column[0].shape if column else (0,)))
         return parts
 
     @torch.library.register_fake("fastmtl::weighted_sum_cpu_out")
@@ -107,8 +98,8 @@ def weighted_sum_tg(tg: TaskGradients, weights: torch.Tensor,
                     out: Optional[Sequence[Optional[torch.Tensor]]] = None) -> list:
     """``Σ_k weights[k] g_k[p]`` per parameter; same contract as ``weighted_sum_ref``.
 
-    Without ``out``: one allocation, returned as per-parameter views (``None`` where no task has one). With ``out``: written in
-    place (one call per distinct dtype among the ``out`` tensors, normally one).
+    Without ``out``: one new tensor per parameter (``None`` where no task has one). With ``out``:
+    written in place (one call per distinct dtype among the ``out`` tensors, normally one).
     """
     K = tg.num_tasks
     if weights.device != tg.device:
