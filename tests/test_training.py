@@ -8,6 +8,7 @@ import torch
 
 import fastmtl
 from fastmtl import training
+from fastmtl.training import task_autograd
 from fastmtl.methods import HydaLearn
 from fastmtl.training import backward, hydalearn_lookahead_weights, task_gradients
 
@@ -169,8 +170,8 @@ def test_batched_failure_falls_back_to_loop(monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("no batching rule")
 
-    monkeypatch.setattr(training, "_batched_grads", boom)
-    monkeypatch.setattr(training, "_BATCHED_FAILED", set())
+    monkeypatch.setattr(task_autograd, "_batched_grads", boom)
+    monkeypatch.setattr(task_autograd, "_BATCHED_FAILED", set())
     with pytest.warns(RuntimeWarning, match="batched task-gradient call failed"):
         auto = task_gradients(net.losses(x, y), net.shared())
     with warnings.catch_warnings():

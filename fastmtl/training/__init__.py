@@ -1,0 +1,21 @@
+"""Training-loop helpers: task gradients → combination → ``.grad``.
+
+* :func:`backward` — the multi-task counterpart of ``loss.backward()``: K task gradients of the
+  shared parameters, one :func:`fastmtl.combine` call, the result accumulated into ``.grad``, and
+  the task-specific heads back-propagated with the method's head convention.
+* :func:`task_gradients` — just the K task gradients (looped or one batched autograd call).
+* :func:`slgrad_step` — SLGrad's sample-level step with one forward-mode JVP instead of K·B
+  backward passes.
+* :func:`hydalearn_lookahead_weights` — HydaLearn's exact ("fake update") gains, with the
+  parameters and the optimizer state restored bitwise afterwards.
+
+One module each: :mod:`.task_autograd`, :mod:`.backward`, :mod:`.slgrad_step`, :mod:`.lookahead`.
+"""
+
+from .backward import UNWEIGHTED_HEAD_METHODS, backward, head_weighting
+from .lookahead import LookaheadResult, hydalearn_lookahead_weights
+from .slgrad_step import SLGradStepInfo, slgrad_step
+from .task_autograd import BATCHED_AUTO_MAX_ELEMENTS, task_gradients
+
+__all__ = ["backward", "task_gradients", "head_weighting", "UNWEIGHTED_HEAD_METHODS", "slgrad_step",
+           "SLGradStepInfo", "hydalearn_lookahead_weights", "LookaheadResult", "BATCHED_AUTO_MAX_ELEMENTS"]
