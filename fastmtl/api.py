@@ -135,10 +135,13 @@ def combine(grads: Any, method: Any = "mean", *, losses: Any = None,
         raise ValueError("non-finite task losses: " + str(loss_vec.tolist()))
 
     if m.gram_free_direction:
-        if sharded:  # -- distributed: only shard-local (elementwise) methods --
+        extra = {}
+        if sharded:  # -- distributed: shard-local (elementwise) methods, or ones with their own collectives --
             from .distributed import check_shard_local
             check_shard_local(m, tg, process_group, loss_vec, check_finite)
-        parts, lam, G = m.direction(tg, losses=loss_vec, generator=generator, out=targets, backend=backend)
+            if getattr(m, "sharded_direction", False):
+                extra = {"process_group": process_group}
+        parts, lam, G = m.direction(tg, losses=loss_vec, generator=generator, out=targets, backend=backend, **extra)
         direction = assemble(tg, parts)
         if not return_info:
             return direction

@@ -51,8 +51,10 @@ Methods whose direction is not one Gram-weighted combination (``gram_free_direct
 shard-locally, without communication, when they declare ``shard_local = True`` — elementwise
 methods are shard-local by nature, and GradDrop declares it. Their random draws are each rank's
 own (GradDrop numbers its uniforms by position within the shard): pass per-rank seeds (e.g.
-``seed + rank``) for independent masks across shards. Any other such method raises
-``NotImplementedError`` with ``process_group`` (it would need whole gradients or per-block Grams).
+``seed + rank``) for independent masks across shards. Methods that declare
+``sharded_direction = True`` (DB-MTL, per-parameter GradVac) get ``process_group`` in their
+``direction`` and run their own small all-reduces (buffer norms, block Grams). Any other such
+method raises ``NotImplementedError`` with ``process_group`` (it would need whole gradients).
 
 Replicated parameters (DDP) — :func:`ddp_combine`
 -------------------------------------------------
@@ -310,7 +312,7 @@ def _is_shard_local(method) -> bool:
 def check_shard_local(method, tg: TaskGradients, process_group: Any, losses: Optional[torch.Tensor] = None,
                       check_finite: bool = False) -> None:
     """Allow a ``gram_free_direction`` method on sharded gradients only if it is shard-local."""
-    if not _is_shard_local(method):
+    if not _is_shard_local(method) and not getattr(method, "sharded_direction", False):
         raise NotImplementedError(
             f"method {method.name or type(method).__name__!r} computes its direction from whole task "
             "gradients (gram_free_direction) and has no sharded form; with process_group only Gram-space "

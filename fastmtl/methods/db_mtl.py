@@ -33,6 +33,12 @@ class DBMTL(Method):
     decays).
 
     Needs the losses: ``combine(grads, method=instance, losses=losses)``.
+
+    Sharded (``combine(..., process_group=pg)``, FSDP/ZeRO shards): each rank buffers its own
+    shard; the losses are averaged over the ranks and the K squared buffer norms summed (two
+    all-reduces of K float64 each), so ``α`` and the direction's shards equal the unsharded
+    method's. The state is then rank-local: see :mod:`fastmtl.methods.sharded_state` for its
+    checkpoint layout (``torch.distributed.checkpoint``, same world size only).
     """
 
     uses_generator = False
@@ -69,6 +75,26 @@ class DBMTL(Method):
         elif self._shapes is not None:
             self._shapes, self._buffers, self._K = None, None, None  # nothing buffered yet
 
+    sharded_direction = True  # direction() takes process_group (fastmtl/distributed.py)
+
+    def _has_unsharded_state(self) -> bool:
+        return self._shapes is not None and getattr(self, "_shard", None) is None
+
+    def state_dict(self, process_group=None) -> dict:
+        """As :meth:`Method.state_dict`; under a process group (after sharded calls, or with
+        ``process_group`` given, e.g. for a fresh instance's ``dcp.load`` template) this rank's
+        shard in the layout of :mod:`fastmtl.methods.sharded_state`."""
+        from . import sharded_state
+        return sharded_state.state_dict(self, process_group) or super().state_dict()
+
+    def load_state_dict(self, state: dict, strict: bool = True, process_group=None):
+        """As :meth:`Method.load_state_dict`; a sharded state dict needs the same rank and world
+        size (``process_group`` for an instance that has not run sharded yet)."""
+        from . import sharded_state
+        if sharded_state.is_sharded(state):
+            return sharded_state.load(self, state, process_group, strict)
+        return super().load_state_dict(state, strict)
+
     def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
         raise TypeError("DB-MTL combines its gradient buffer, not the current gradients: call "
                         "fastmtl.combine(grads, method=instance, losses=losses)")
@@ -93,9 +119,14 @@ class DBMTL(Method):
         if tg.device != self._device:
             raise ValueError(f"this DBMTL instance buffers on {self._device}, gradients are on {tg.device}")
 
-    def direction(self, tg, *, losses=None, generator=None, out=None, backend=None):
+    def direction(self, tg, *, losses=None, generator=None, out=None, backend=None, process_group=None):
         if losses is None:
             raise ValueError("db_mtl needs the task losses: combine(..., losses=...)")
+        if process_group is not None:  # every rank scales its shard by the same, rank-averaged losses
+            from ..distributed import reduce_shards
+            from . import sharded_state
+            sharded_state.record(self, process_group)
+            _, _, losses, _ = reduce_shards(tg, self, process_group, losses=losses, need_gram=False)
         self._check_state(tg)
         K = tg.num_tasks
         acc = accumulate_dtype(tg.dtype)
@@ -119,6 +150,9 @@ class DBMTL(Method):
                     if t is not None:
                         M[k].addcmul_(t, scale[k])
             norms2 += torch.linalg.vector_norm(M, dim=1).to(torch.float64) ** 2
+        if process_group is not None:  # the buffer rows' norms over the whole vector
+            from .sharded_state import all_reduce_sum
+            norms2 = all_reduce_sum(norms2, process_group, "all_reduce of DB-MTL's buffer norms")
         norms = torch.sqrt(norms2)
         alpha = norms.amax() / (norms + self.eps)
         self.alpha = alpha

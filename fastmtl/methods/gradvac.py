@@ -57,6 +57,12 @@ class GradVac(Method):
     ``all_matrix`` grouping; the paper applies GradVac per layer/parameter block), with one Gram,
     one ``φ̂`` and one λ per parameter and the same random orders for every block; the direction is
     not a single combination of the task gradients, so ``info.weights`` is ``None`` there.
+
+    Sharded (``combine(..., process_group=pg)``, every rank passing its shard of the same P
+    parameters): ``"whole"`` is a Gram-space method (one all-reduce of G); ``"per_param"``
+    all-reduces the P block Grams (and which blocks any rank touches) and draws its orders from
+    rank 0's generator, so every rank holds the same λ and targets as the unsharded run. Its
+    checkpoint then follows :mod:`fastmtl.methods.sharded_state` (same world size only).
     """
 
     name = "gradvac"
@@ -75,6 +81,27 @@ class GradVac(Method):
         self.uses_generator = self.shuffle  # a fixed order draws nothing
         self.granularity = granularity
         self.reset()
+
+    @property
+    def sharded_direction(self) -> bool:  # direction() takes process_group (fastmtl/distributed.py)
+        return self.granularity == "per_param"
+
+    def _has_unsharded_state(self) -> bool:
+        return self._phi is not None and getattr(self, "_shard", None) is None
+
+    def state_dict(self, process_group=None) -> dict:
+        """As :meth:`Method.state_dict`; per-parameter GradVac under a process group (after
+        sharded calls, or with ``process_group`` given for a fresh instance's ``dcp.load``
+        template) uses the layout of :mod:`fastmtl.methods.sharded_state`."""
+        from . import sharded_state
+        return sharded_state.state_dict(self, process_group) or super().state_dict()
+
+    def load_state_dict(self, state: dict, strict: bool = True, process_group=None):
+        """As :meth:`Method.load_state_dict`; a sharded state dict needs the same world size."""
+        from . import sharded_state
+        if sharded_state.is_sharded(state):
+            return sharded_state.load(self, state, process_group, strict)
+        return super().load_state_dict(state, strict)
 
     @property
     def gram_free_direction(self) -> bool:  # per-parameter blocks need their own Grams
@@ -122,20 +149,52 @@ class GradVac(Method):
         G = 0.5 * (G + G.T)
         return self._lambdas(G[None], generator)[0]
 
-    def direction(self, tg, *, losses=None, generator=None, out=None, backend=None):
+    def direction(self, tg, *, losses=None, generator=None, out=None, backend=None, process_group=None):
         blocks = [p for p in range(tg.num_params) if tg.shapes[p] is not None]
         subs = [param_block(tg, [p]) for p in blocks]
         grams = [gramian_of(s, backend) for s in subs]
-        Gb = torch.stack(grams).to(torch.float64)
-        Gb = 0.5 * (Gb + Gb.transpose(-1, -2))
-        lam = self._lambdas(Gb, generator, blocks, tg.num_params)
+        if process_group is None:
+            Gb = torch.stack(grams).to(torch.float64)
+            Gb = 0.5 * (Gb + Gb.transpose(-1, -2))
+            lam = self._lambdas(Gb, generator, blocks, tg.num_params)
+            row = {p: b for b, p in enumerate(blocks)}
+        else:
+            lam = self._sharded_lambdas(tg, grams, blocks, generator, process_group, backend)
+            row = {p: p for p in blocks}
         parts = [None if out is None else out[p] for p in range(tg.num_params)]
         for b, p in enumerate(blocks):
-            parts[p] = weighted_sum_of(subs[b], lam[b], None if out is None else (out[p],), backend)[0]
-        G = grams[0]
+            parts[p] = weighted_sum_of(subs[b], lam[row[p]], None if out is None else (out[p],), backend)[0]
+        G = grams[0] if grams else torch.zeros(tg.num_tasks, tg.num_tasks, dtype=torch.float64, device=tg.device)
         for g in grams[1:]:
             G = G + g
-        return parts, None, G
+        return parts, None, G  # this rank's partial Gram: combine all-reduces it for the info
+
+    def _sharded_lambdas(self, tg, grams, blocks, generator, process_group, backend):
+        """Sharded: λ ``[P, K]`` from the global block Grams; orders from rank 0's generator.
+
+        Every block runs (the ranks must agree on the work without a host read); a block that no
+        rank touches in this call gets a zero Gram and keeps its targets (``torch.where``), as in
+        the unsharded method."""
+        from ..distributed import reduce_shards
+        from . import sharded_state
+        sharded_state.record(self, process_group)
+        K, P = tg.num_tasks, tg.num_params
+        buf = torch.zeros(P, K * K + 1, dtype=torch.float64, device=tg.device)
+        for g, p in zip(grams, blocks):
+            buf[p, :-1] = g.reshape(-1).to(torch.float64)
+            buf[p, -1] = 1.0
+        buf = sharded_state.all_reduce_sum(buf, process_group, "all_reduce of GradVac's block Gram matrices")
+        if self.uses_generator:
+            _, _, _, generator = reduce_shards(tg, self, process_group, generator=generator, need_gram=False,
+                                               backend=backend)
+        Gb = buf[:, :-1].reshape(P, K, K)
+        Gb = 0.5 * (Gb + Gb.transpose(-1, -2))
+        touched = buf[:, -1] > 0
+        old = self._phi
+        lam = self._lambdas(Gb, generator, None, P)
+        keep = torch.zeros_like(self._phi) if old is None else old.to(self._phi.device)
+        self._phi = torch.where(touched[:, None, None], self._phi, keep)
+        return lam
 
 
 def vaccine(G: torch.Tensor, phi: torch.Tensor, orders: torch.Tensor, beta: float, eps: float):
