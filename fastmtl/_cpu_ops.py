@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from ._inputs import TaskGradients
+from .gradients import TaskGradients
 from ._op_entries import first_entry, task_major_entries, weighted_sum_into
 
 OP_NAMES = ("gramian_cpu", "weighted_sum_cpu", "weighted_sum_cpu_out")

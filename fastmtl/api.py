@@ -7,7 +7,7 @@ from typing import Any, Optional
 
 import torch
 
-from ._inputs import (canonicalize, canonicalize_out, check_finite as _check_finite, losses_tensor)
+from .gradients import (canonicalize, canonicalize_out, check_finite as _check_finite, losses_tensor)
 from .methods import make_method
 from .ops.primitives import assemble, gramian_of
 from .ops.registry import select

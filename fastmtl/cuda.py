@@ -35,7 +35,7 @@ import torch
 
 from ._op_entries import column_numels, first_entry, task_major_entries, weighted_sum_into  # noqa: F401  (re-exported)
 
-from ._inputs import TaskGradients
+from .gradients import TaskGradients
 
 # Must match kOutPad in csrc/multi_tensor.cuh.
 OUT_PAD = 16

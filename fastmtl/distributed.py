@@ -77,7 +77,7 @@ import torch
 import torch.distributed as dist
 
 from ._dist_checks import check_agreement, collective, exchange_device, report_failure, signature
-from ._inputs import TaskGradients, canonicalize, canonicalize_out, check_finite as _local_check_finite
+from .gradients import TaskGradients, canonicalize, canonicalize_out, check_finite as _local_check_finite
 from .ops.primitives import assemble, gramian_of
 from .ops.registry import select
 
@@ -409,7 +409,7 @@ def ddp_combine(grads: Any, method: Any = "mean", *, process_group: Any = None, 
     every rank calls it with the same arguments. Returns what :func:`fastmtl.combine` returns.
     """
     from .api import CombineInfo, _method_weights, cosine_from_gram
-    from ._inputs import losses_tensor
+    from .gradients import losses_tensor
     from .methods import make_method
 
     group = resolve_group(process_group if process_group is not None else dist.group.WORLD)

@@ -5,7 +5,7 @@ import torch
 
 import fastmtl
 from fastmtl import _cpu_ops
-from fastmtl._inputs import canonicalize, canonicalize_out
+from fastmtl.gradients import canonicalize, canonicalize_out
 from fastmtl.ops import select
 from fastmtl.reference.primitives import gramian_ref, weighted_sum_ref
 

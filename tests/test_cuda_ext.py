@@ -29,7 +29,7 @@ import torch
 
 import fastmtl
 from fastmtl import cuda as fcuda
-from fastmtl._inputs import canonicalize
+from fastmtl.gradients import canonicalize
 from fastmtl.ops import get_backend
 from fastmtl.reference.primitives import gramian_ref, weighted_sum_ref
 

@@ -5,7 +5,7 @@ import torch
 
 import fastmtl
 from fastmtl.reference.graddrop import graddrop_ref
-from fastmtl._inputs import canonicalize
+from fastmtl.gradients import canonicalize
 
 
 def test_full_leak_is_the_sum():

@@ -90,7 +90,7 @@ def _triton_device():
 @pytest.mark.parametrize("block", [16, None], ids=["block16", "default_block"])
 @pytest.mark.parametrize("case", sorted(POISONS))
 def test_triton(case, block):
-    from fastmtl._inputs import canonicalize
+    from fastmtl.gradients import canonicalize
     from fastmtl.triton.gramian import gramian_triton
 
     grads = _grads(_triton_device(), POISONS[case])

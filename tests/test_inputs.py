@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import fastmtl
-from fastmtl._inputs import canonicalize
+from fastmtl.gradients import canonicalize
 
 
 def test_matrix_layout_keeps_views():

@@ -1,4 +1,4 @@
-"""``out=`` buffers that share memory with the inputs or with each other (fastmtl/_out_overlap.py).
+"""``out=`` buffers that share memory with the inputs or with each other (fastmtl/out_buffers.py).
 
 Only ``out[p]`` being exactly one of parameter ``p``'s gradients (an in-place update) is allowed;
 everything else that overlaps is rejected before anything is written.
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import fastmtl
-from fastmtl._out_overlap import byte_span
+from fastmtl.out_buffers import byte_span
 
 SHAPES = [(3, 4), (5,), (2, 3)]
 NUMELS = [12, 5, 6]

@@ -6,7 +6,7 @@ import torch
 triton = pytest.importorskip("triton")
 import triton.language as tl  # noqa: E402
 
-from fastmtl._inputs import canonicalize  # noqa: E402
+from fastmtl.gradients import canonicalize  # noqa: E402
 from fastmtl.reference.graddrop import DEFAULT_EPS, graddrop_ref, philox_uniform  # noqa: E402
 from fastmtl.triton import graddrop as gd_mod  # noqa: E402
 from fastmtl.triton import tables  # noqa: E402

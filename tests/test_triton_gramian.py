@@ -10,7 +10,7 @@ import torch
 pytest.importorskip("triton")
 
 import fastmtl  # noqa: E402
-from fastmtl._inputs import canonicalize  # noqa: E402
+from fastmtl.gradients import canonicalize  # noqa: E402
 from fastmtl.reference.primitives import gramian_ref  # noqa: E402
 from fastmtl.triton import gramian as gram_mod  # noqa: E402
 from fastmtl.triton import tables  # noqa: E402

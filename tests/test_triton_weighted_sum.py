@@ -6,7 +6,7 @@ import torch
 pytest.importorskip("triton")
 
 import fastmtl  # noqa: E402
-from fastmtl._inputs import canonicalize  # noqa: E402
+from fastmtl.gradients import canonicalize  # noqa: E402
 from fastmtl.reference.primitives import weighted_sum_ref  # noqa: E402
 from fastmtl.triton import tables  # noqa: E402
 from fastmtl.triton import weighted_sum as ws_mod  # noqa: E402

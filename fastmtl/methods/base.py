@@ -75,7 +75,7 @@ class Method:
                   generator: Optional[torch.Generator] = None, out=None, backend: Optional[str] = None):
         """For ``gram_free_direction`` methods: ``(parts, weights_or_None, gram_or_None)``.
 
-        ``tg`` is a :class:`fastmtl._inputs.TaskGradients`; ``parts`` is one tensor per parameter
+        ``tg`` is a :class:`fastmtl.gradients.TaskGradients`; ``parts`` is one tensor per parameter
         (``None`` where no task has a gradient), written into ``out[p]`` when ``out`` is given.
         Use :func:`fastmtl.ops.gramian_of` / :func:`fastmtl.ops.weighted_sum_of` for the passes so
         that backend selection applies.

@@ -6,7 +6,7 @@ from typing import List, Optional
 
 import torch
 
-from ..reference.primitives import accumulate_dtype
+from ..gradients import accumulate_dtype
 from .base import Method, check_positive
 from .famo import check_num_tasks
 

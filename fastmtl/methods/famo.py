@@ -7,7 +7,7 @@ from typing import Optional
 
 import torch
 
-from .._inputs import losses_tensor
+from ..gradients import losses_tensor
 from .base import Method, check_positive
 from .simple import _shape
 

@@ -7,7 +7,7 @@ from typing import Sequence
 
 import torch
 
-from .._inputs import TaskGradients
+from ..gradients import TaskGradients
 from ..ops.primitives import gramian_of, weighted_sum_of
 from .base import Method, check_choice, check_positive
 from .famo import check_num_tasks

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import torch
 
-from .._inputs import losses_tensor
+from ..gradients import losses_tensor
 from .base import Method, check_positive
 from .famo import check_num_tasks
 from .simple import _shape

@@ -7,9 +7,9 @@ from typing import Optional
 
 import torch
 
-from .._inputs import _single_structure
+from ..gradients import single_structure
 from ..ops.primitives import weighted_sum_of
-from ..reference.primitives import accumulate_dtype
+from ..gradients import accumulate_dtype
 from .base import Method, check_choice
 
 
@@ -97,7 +97,7 @@ class SLGrad(Method):
         if self.reference is None:
             raise ValueError("slgrad needs a main-task validation gradient: combine(per_sample_grads, "
                              "method='slgrad', reference=v, num_samples=B)")
-        ref = _single_structure(self.reference, tg, "reference")
+        ref = single_structure(self.reference, tg, "reference")
         dots = reference_dots(tg, ref)
         lam = self.coefficients(dots)
         return weighted_sum_of(tg, lam, out, backend), lam, None

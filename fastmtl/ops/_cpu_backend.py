@@ -6,7 +6,7 @@ Priority sits above the reference, so automatic selection takes it on CPU tensor
 fallback (and runs whenever the extension is missing, which the probe reports).
 """
 
-from .._inputs import SUPPORTED_DTYPES
+from ..gradients import SUPPORTED_DTYPES
 from .. import _cpu_ops
 from .registry import Backend, register_backend
 

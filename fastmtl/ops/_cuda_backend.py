@@ -9,7 +9,7 @@ import warnings
 
 import torch
 
-from .._inputs import SUPPORTED_DTYPES
+from ..gradients import SUPPORTED_DTYPES
 from .. import cuda as _cuda
 from .registry import Backend, register_backend
 

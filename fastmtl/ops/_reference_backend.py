@@ -1,6 +1,6 @@
 """Registers the pure-PyTorch reference backend: every device and dtype, deterministic."""
 
-from .._inputs import SUPPORTED_DTYPES
+from ..gradients import SUPPORTED_DTYPES
 from ..reference.graddrop import graddrop_ref
 from ..reference.primitives import gramian_ref, weighted_sum_ref
 from .registry import Backend, register_backend

@@ -6,7 +6,7 @@ from typing import Any, Optional
 
 import torch
 
-from .._inputs import TaskGradients, canonicalize, canonicalize_out
+from ..gradients import TaskGradients, canonicalize, canonicalize_out
 from .registry import select
 
 

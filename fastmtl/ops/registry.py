@@ -24,7 +24,7 @@ from typing import Callable, Dict, Iterator, List, Optional
 
 import torch
 
-from .._inputs import TaskGradients
+from ..gradients import TaskGradients
 
 
 @dataclass

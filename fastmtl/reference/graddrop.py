@@ -33,8 +33,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from .._inputs import TaskGradients
-from .primitives import accumulate_dtype, emit
+from ..gradients import TaskGradients, accumulate_dtype
+from .primitives import emit
 
 DEFAULT_EPS = 1e-7
 

@@ -15,17 +15,12 @@ from typing import Optional, Sequence
 
 import torch
 
-from .._inputs import TaskGradients
+from ..gradients import TaskGradients, accumulate_dtype
 
 # Upper bound on elements up-cast at once (K rows × columns) in the chunked paths: 16 MB of fp32
 # per chunk; with the previous chunk still alive while the next is built, the temporaries of
 # low-precision inputs peak at a few chunks, independent of D.
 _CHUNK_ELEMENTS = 1 << 22
-
-
-def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype sums are accumulated in for gradients of ``dtype``."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _column_chunks(n: int, rows: int):

@@ -232,7 +232,7 @@ def graddrop_triton(tg, seed: int, offset: int = 0, leak: Optional[torch.Tensor]
     """GradDrop direction ``d[p] = Σ_i (ℓ_i + (1 − ℓ_i) M_i) g_i[p]`` (same contract as ``graddrop_ref``).
 
     Args:
-        tg: :class:`fastmtl._inputs.TaskGradients` (float32/float16/bfloat16; ``None`` = zeros).
+        tg: :class:`fastmtl.gradients.TaskGradients` (float32/float16/bfloat16; ``None`` = zeros).
         seed: Philox key in ``[0, 2^63)``.
         offset: counter offset; element ``i`` of parameter ``p`` uses counter
             ``offset + base_p + i`` (``base_p`` = elements of the parameters before ``p``).

@@ -206,7 +206,7 @@ def gramian_triton(tg, block: Optional[int] = None) -> torch.Tensor:
     """``G[i, j] = Σ_p ⟨g_i[p], g_j[p]⟩`` for validated task gradients (same contract as ``gramian_ref``).
 
     Args:
-        tg: :class:`fastmtl._inputs.TaskGradients` (any layout; float32/float16/bfloat16).
+        tg: :class:`fastmtl.gradients.TaskGradients` (any layout; float32/float16/bfloat16).
         block: elements per chunk (a power of two >= 16); default from the launch heuristics.
 
     Returns:

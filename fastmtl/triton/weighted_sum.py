@@ -234,7 +234,7 @@ def weighted_sum_triton(tg, weights: torch.Tensor, out: Optional[list] = None,
     """``d[p] = Σ_k weights[k] · g_k[p]`` for every parameter (same contract as ``weighted_sum_ref``).
 
     Args:
-        tg: :class:`fastmtl._inputs.TaskGradients` (float32/float16/bfloat16; ``None`` = zeros).
+        tg: :class:`fastmtl.gradients.TaskGradients` (float32/float16/bfloat16; ``None`` = zeros).
         weights: ``[K]`` tensor on the gradients' device (any float dtype; read as float32).
         out: optional P tensors (``None`` where no task has a gradient), written in place and
             returned; their dtype may differ from the gradients' (float32/float16/bfloat16).

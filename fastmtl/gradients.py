@@ -1,4 +1,4 @@
-"""Canonical description of the K task gradients handed to :func:`fastmtl.combine`.
+"""The K task gradients handed to :func:`fastmtl.combine`: the input type and its helpers.
 
 Three input forms are accepted and none of them is copied into a flat buffer:
 
@@ -21,9 +21,14 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from ._out_overlap import check_out_overlap
+from .out_buffers import check_out_overlap
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype sums over gradients of ``dtype`` are accumulated in (float64 for float64, else float32)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 @dataclass(frozen=True)
@@ -58,13 +63,28 @@ class TaskGradients:
         """``entries[k][p]`` flattened (a view when contiguous), ``None`` kept."""
         return [None if row[p] is None else row[p].reshape(-1) for row in self.entries]
 
+    def restrict(self, indices: Sequence[int]) -> "TaskGradients":
+        """The task gradients restricted to the parameters ``indices`` (views, no copy)."""
+        indices = list(indices)
+        if indices == list(range(self.num_params)):
+            return self
+        return TaskGradients(
+            layout="params",
+            entries=tuple(tuple(row[p] for p in indices) for row in self.entries),
+            shapes=tuple(self.shapes[p] for p in indices),
+            device=self.device,
+            dtype=self.dtype,
+            matrix=None,
+            numels=tuple(self.numels[p] for p in indices),
+        )
+
     def with_extra_task(self, extra: Any, what: str = "reference") -> "TaskGradients":
         """A copy with one more task appended, given in the structure of one task's gradient.
 
         Used for methods that need dot products with an external vector (HydaLearn's main-task
         reference gradient): the augmented Gram's last row holds them.
         """
-        extra_entries = _single_structure(extra, self, what)
+        extra_entries = single_structure(extra, self, what)
         entries = self.entries + (extra_entries,)
         return TaskGradients(
             layout="params" if self.layout == "matrix" else self.layout,
@@ -188,7 +208,7 @@ def _check_same(t: torch.Tensor, ref: torch.Tensor, where: str, ref_where: str) 
                         "must share one dtype")
 
 
-def _single_structure(x: Any, tg: TaskGradients, what: str) -> tuple:
+def single_structure(x: Any, tg: TaskGradients, what: str) -> tuple:
     """Validate one gradient-shaped object against the layout of ``tg``; return its P entries."""
     if tg.layout in ("matrix", "vectors"):
         if not isinstance(x, torch.Tensor) or x.dim() != 1 or x.shape[0] != tg.numels[0]:
@@ -253,7 +273,7 @@ def canonicalize_out(out: Any, tg: TaskGradients) -> tuple:
     """Validate ``out=`` buffers against the output structure; return P entries (Tensor | None).
 
     ``out[p]`` may be exactly one of parameter ``p``'s input gradients (in place); any other memory
-    overlap with an input or another ``out`` buffer is a ``ValueError`` (:mod:`fastmtl._out_overlap`).
+    overlap with an input or another ``out`` buffer is a ``ValueError`` (:mod:`fastmtl.out_buffers`).
     """
     if tg.layout in ("matrix", "vectors"):
         if not isinstance(out, torch.Tensor):
@@ -282,7 +302,7 @@ def canonicalize_out(out: Any, tg: TaskGradients) -> tuple:
             raise TypeError(f"{where}: dtype {t.dtype} is not a supported floating dtype")
         if t.requires_grad and torch.is_grad_enabled():
             raise ValueError(f"{where}: requires grad; write into .grad buffers or detached tensors")
-    check_out_overlap(targets, tg)  # host metadata only, see fastmtl/_out_overlap.py
+    check_out_overlap(targets, tg)  # host metadata only, see fastmtl/out_buffers.py
     return targets
 
 

@@ -47,7 +47,7 @@ def check_out_overlap(targets: Sequence[Optional[torch.Tensor]], tg) -> None:
     another parameter, or (other than exactly) a gradient of its own parameter.
 
     ``targets`` are the validated per-parameter ``out`` tensors of :func:`canonicalize_out`
-    (``None`` where nothing is written), ``tg`` the :class:`~fastmtl._inputs.TaskGradients`.
+    (``None`` where nothing is written), ``tg`` the :class:`~fastmtl.gradients.TaskGradients`.
     """
     params = tg.layout == "params"
     spans = []
