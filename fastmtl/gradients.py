@@ -78,17 +78,15 @@ class TaskGradients:
             numels=tuple(self.numels[p] for p in indices),
         )
 
-    def with_extra_task(self, extra: Any, what: str = "reference") -> "TaskGradients":
-        """A copy with one more task appended, given in the structure of one task's gradient.
+    def with_extra_task(self, entries: tuple) -> "TaskGradients":
+        """A copy with one more task appended, given as P validated entries (:func:`single_structure`).
 
         Used for methods that need dot products with an external vector (HydaLearn's main-task
         reference gradient): the augmented Gram's last row holds them.
         """
-        extra_entries = single_structure(extra, self, what)
-        entries = self.entries + (extra_entries,)
         return TaskGradients(
             layout="params" if self.layout == "matrix" else self.layout,
-            entries=entries,
+            entries=self.entries + (tuple(entries),),
             shapes=self.shapes,
             device=self.device,
             dtype=self.dtype,

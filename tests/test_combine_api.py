@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import fastmtl
-from fastmtl.methods import METHODS, PCGrad, WeightedPCGrad
+from fastmtl.methods import METHODS, Context, PCGrad, WeightedPCGrad
 from _families import make_jacobian, split_params
 
 GRAM_METHODS = ["pcgrad", "cagrad", "mgda", "imtl_g", "upgrad", "dualproj", "aligned_mtl", "hydalearn", "wpcgrad"]
@@ -193,8 +193,8 @@ def test_loss_only_weights_are_built_on_the_gradients_device(method):
     # No Gram is formed for these methods; λ must still live where the gradients are.
     J = torch.randn(3, 4, device="meta")
     m = fastmtl.methods.make_method(method, {})
-    lam = m.weights(None, losses=None if method in ("mean", "sum", "rlw", "uw") else torch.ones(3, device="meta"),
-                    generator=None, num_tasks=3, device=J.device)
+    losses = None if method in ("mean", "sum", "rlw", "uw") else torch.ones(3, device="meta")
+    lam = m.weights(None, Context(num_tasks=3, device=J.device, losses=losses))
     assert lam.device.type == "meta" and lam.shape == (3,)
 
 
@@ -213,3 +213,14 @@ def test_uses_generator_flag_is_honest(method):
     _, b = fastmtl.combine(J, method=method, losses=losses, generator=torch.Generator().manual_seed(2),
                            return_info=True)
     torch.testing.assert_close(a.weights, b.weights, rtol=0, atol=0)
+
+
+def test_weights_with_the_earlier_keyword_arguments_still_work_and_warn():
+    G = torch.tensor([[2.0, 1.0], [1.0, 3.0]], dtype=torch.float64)
+    m = fastmtl.methods.make_method("mgda", {})
+    new = m.weights(G, Context(num_tasks=2, device=G.device))
+    with pytest.warns(DeprecationWarning, match="pass a fastmtl.methods.Context"):
+        old = m.weights(G, losses=None, generator=None)
+    torch.testing.assert_close(old, new, rtol=0, atol=0)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        m.weights(G, loses=None)

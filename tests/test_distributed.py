@@ -18,8 +18,9 @@ import torch
 import torch.distributed as dist
 
 import fastmtl
-from fastmtl.distributed import _pack_state, _unpack_state, shard_bounds
-from fastmtl.methods import METHODS, Method, WeightedPCGrad
+from fastmtl.distributed import shard_bounds
+from fastmtl.distributed.sharded import pack_generator_state, unpack_generator_state
+from fastmtl.methods import METHODS, Direction, DirectionMethod, WeightedPCGrad
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with gloo is not available")
@@ -176,7 +177,7 @@ def full_input(layout, J, reference=None):
 
 def cases():
     """(case id, method name, hyper-parameters); "REF" is replaced by the (sharded) reference."""
-    out = [(name, name, {}) for name, cls in sorted(METHODS.items()) if not cls.gram_free_direction]
+    out = [(name, name, {}) for name, cls in sorted(METHODS.items()) if not issubclass(cls, DirectionMethod)]
     out += [("mgda[loss+]", "mgda", {"normalization": "loss+"}),
             ("hydalearn[reference]", "hydalearn", {"reference": "REF"}),
             ("pcgrad[mean]", "pcgrad", {"reduction": "mean"})]
@@ -187,15 +188,14 @@ def _hp(hp, ref):
     return {k: (ref if v == "REF" else v) for k, v in hp.items()}
 
 
-class SignAgree(Method):
+class SignAgree(DirectionMethod):
     """Toy elementwise method: Σ g_k where every task agrees in sign, else 0 (shard-local)."""
 
     name = "sign_agree_test"
-    requires_gram = False
-    gram_free_direction = True
     shard_local = True
 
-    def direction(self, tg, *, losses=None, generator=None, out=None, backend=None):
+    def direction(self, engine, ctx):
+        tg, out = engine.tg, engine.targets
         parts = []
         for p in range(tg.num_params):
             if tg.shapes[p] is None:
@@ -208,7 +208,7 @@ class SignAgree(Method):
                 out[p].copy_(d)
                 d = out[p]
             parts.append(d)
-        return parts, None, None
+        return Direction(parts)
 
 
 class WholeGradient(SignAgree):
@@ -309,7 +309,7 @@ def _worker(rank, world, port, outdir):
             return {"raised": None}
         _record(results, "check_finite_losses", finite_losses)
 
-        # 6. Elementwise (gram_free_direction) methods: shard-local when they say so.
+        # 6. Elementwise DirectionMethods: shard-local when they say so.
         for cls in (SignAgree, WholeGradient):
             def gram_free(cls=cls):
                 grads, _ = shard("params", J, world, rank)
@@ -418,9 +418,8 @@ def test_sharded_equals_single_process(run, layout, case, name, hp):
     _close(rs[0]["lam"], info.weights)
     _close(unshard(layout, [r["d"] for r in rs]), d)
     # Random methods: every rank's generator now sits where the single-process one does.
-    from fastmtl.distributed import _may_draw_random
     from fastmtl.methods import make_method
-    if _may_draw_random(make_method(name, _hp(hp, ref))):
+    if make_method(name, _hp(hp, ref)).uses_generator:
         for r in rs:
             assert torch.equal(r["gen"], gen.get_state())
 
@@ -586,7 +585,7 @@ def test_generator_state_roundtrip():
         gen.manual_seed(5)
         torch.rand(7, generator=gen)
         state = gen.get_state()
-        assert torch.equal(_unpack_state(_pack_state(state, 5058)), state)
+        assert torch.equal(unpack_generator_state(pack_generator_state(state, 5058)), state)
 
 
 @pytest.mark.parametrize("method", ["upgrad", "pcgrad"])

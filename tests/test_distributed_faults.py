@@ -54,16 +54,16 @@ def _init(rank, world, port):
 
 def _inject(rank, bad_rank, action):
     """Make this rank's local Gram (mid-step, before the all_reduce) fail with ``action``."""
-    import fastmtl.distributed as fd
+    import fastmtl.distributed.sharded as fd
 
-    original = fd.gramian_of
+    original = fd.gram_of
 
     def failing(*args, **kwargs):
         if rank == bad_rank:
             action()
         return original(*args, **kwargs)
-    fd.gramian_of = failing
-    return lambda: setattr(fd, "gramian_of", original)
+    fd.gram_of = failing
+    return lambda: setattr(fd, "gram_of", original)
 
 
 def _raise():

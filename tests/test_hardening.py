@@ -16,13 +16,13 @@ import pytest
 import torch
 
 import fastmtl
-from fastmtl.methods import METHODS, PCGrad, WeightedPCGrad
+from fastmtl.methods import METHODS, DirectionMethod, PCGrad, WeightedPCGrad
 from fastmtl.ops import registry
 from _families import make_jacobian, split_params
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad_input.md"
-GRAM_METHODS = sorted(n for n, c in METHODS.items() if c.requires_gram and not c.gram_free_direction)
-ALL_METHODS = sorted(n for n, c in METHODS.items() if not c.gram_free_direction)
+GRAM_METHODS = sorted(n for n, c in METHODS.items() if c.requires_gram and not issubclass(c, DirectionMethod))
+ALL_METHODS = sorted(n for n, c in METHODS.items() if not issubclass(c, DirectionMethod))
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -472,7 +472,7 @@ ELEMENTWISE = sorted(n for n, c in METHODS.items() if getattr(c, "shard_local", 
 # Every other method whose direction depends on the gradients' values (Gram methods and those
 # computing their own direction), as opposed to the loss-only ones above.
 VALUE_DEPENDENT = sorted(n for n, c in METHODS.items()
-                         if (c.requires_gram or c.gram_free_direction) and n not in ELEMENTWISE)
+                         if (c.requires_gram or issubclass(c, DirectionMethod)) and n not in ELEMENTWISE)
 
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
@@ -503,7 +503,7 @@ def test_nan_policy_gram_methods_poison_everything(method, layout, value):
     d = fastmtl.combine(grads, method, losses=[1.0, 2, 3, 4], generator=torch.Generator().manual_seed(0))
     flat = d if layout == "matrix" else torch.cat([t.reshape(-1) for t in d])
     assert torch.isnan(flat).all()  # never a finite direction computed from poisoned values
-    if not METHODS[method].gram_free_direction:
+    if not issubclass(METHODS[method], DirectionMethod):
         _, info = _combine(grads, method)
         assert torch.isnan(info.weights).all()
 

@@ -16,6 +16,7 @@ import torch
 import fastmtl
 from fastmtl.methods import (DBMTL, DWA, FAMO, OLAUX, RLW, UW, ConFIG, GeMTL, GradNorm, GradVac, NashMTL,
                              METHODS)
+from fastmtl.methods import Context
 from fastmtl.methods.ordering import random_task_orders
 from fastmtl.reference import literal as L
 
@@ -25,6 +26,11 @@ NEW = ("nash_mtl", "gradvac", "config", "db_mtl", "olaux", "gradnorm", "gemtl", 
 DIM = {1: 65, 2: 97, 3: 129, 4: 131, 5: 67, 8: 193, 16: 257}
 FULL_RANK = ("gauss", "conflict", "aligned", "scaled")
 
+
+
+def ctx(losses, K):
+    """The context of a loss-only call (no Gram): K tasks on the losses' device."""
+    return Context(num_tasks=K, device=losses.device, losses=losses)
 
 def err(d: torch.Tensor, ref: torch.Tensor, J: torch.Tensor) -> float:
     rms = J.pow(2).sum(1).mean().sqrt()
@@ -443,7 +449,7 @@ def test_gemtl_property_matches_autograd():
     @hyp.given(p=st.floats(-4.0, 4.0), losses=st.lists(st.floats(1e-3, 1e3), min_size=1, max_size=12))
     def check(p, losses):
         l = torch.tensor(losses, dtype=torch.float64)
-        lam = GeMTL(p=p).weights(None, losses=l, num_tasks=len(losses))
+        lam = GeMTL(p=p).weights(None, ctx(l, len(losses)))
         torch.testing.assert_close(lam, L.gemtl_literal(l, p), rtol=1e-9, atol=0)
 
     check()
@@ -452,31 +458,31 @@ def test_gemtl_property_matches_autograd():
 def test_gemtl_limits_schedule_and_extremes():
     K = 6
     l = losses_for(K, 4)
-    mean = fastmtl.methods.GeMTL(p=1.0).weights(None, losses=l, num_tasks=K)
+    mean = fastmtl.methods.GeMTL(p=1.0).weights(None, ctx(l, K))
     torch.testing.assert_close(mean, torch.full((K,), 1 / K, dtype=torch.float64), rtol=1e-14, atol=0)
     geo = torch.exp(torch.log(l).mean()) / (K * l)
-    near0 = GeMTL(p=1e-7, geometric_band=0.0).weights(None, losses=l, num_tasks=K)
+    near0 = GeMTL(p=1e-7, geometric_band=0.0).weights(None, ctx(l, K))
     torch.testing.assert_close(near0, geo, rtol=1e-6, atol=0)
-    band = GeMTL(p=0.05).weights(None, losses=l, num_tasks=K)
+    band = GeMTL(p=0.05).weights(None, ctx(l, K))
     torch.testing.assert_close(band, geo, rtol=1e-13, atol=0)
     # Linear ramp −0.5 → 0.5 over 4 steps, then constant.
     m = GeMTL(p=-0.5, p_schedule="linear", total_steps=4)
     ps = []
     for _ in range(6):
         ps.append(m.current_p())
-        m.weights(None, losses=l, num_tasks=K)
+        m.weights(None, ctx(l, K))
     assert ps == [-0.5, -0.25, 0.0, 0.25, 0.5, 0.5]
     seen = []
     cb = GeMTL(p=lambda step, losses: seen.append(step) or torch.tensor(2.0, dtype=torch.float64))
-    torch.testing.assert_close(cb.weights(None, losses=l, num_tasks=K), L.gemtl_literal(l, 2.0))
-    cb.weights(None, losses=l, num_tasks=K)
+    torch.testing.assert_close(cb.weights(None, ctx(l, K)), L.gemtl_literal(l, 2.0))
+    cb.weights(None, ctx(l, K))
     assert seen == [0, 1]
     # Log space: 64 tasks over 60 decades, and non-positive losses (clamped at eps), stay finite.
     wide = torch.logspace(-30, 30, 64, dtype=torch.float64)
     for p in (-0.5, 0.0, 3.0):
-        lam = GeMTL(p=p).weights(None, losses=wide, num_tasks=64)
+        lam = GeMTL(p=p).weights(None, ctx(wide, 64))
         assert torch.isfinite(lam).all() and bool((lam > 0).all())
-    lam = GeMTL().weights(None, losses=torch.tensor([0.0, -1.0, 1.0], dtype=torch.float64), num_tasks=3)
+    lam = GeMTL().weights(None, ctx(torch.tensor([0.0, -1.0, 1.0], dtype=torch.float64), 3))
     assert torch.isfinite(lam).all()
     with pytest.raises(ValueError, match="total_steps"):
         GeMTL(p_schedule="linear")

@@ -16,9 +16,9 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import fastmtl
-from fastmtl.methods import METHODS
+from fastmtl.methods import METHODS, DirectionMethod
 
-METHOD_NAMES = sorted(n for n, c in METHODS.items() if not c.gram_free_direction)
+METHOD_NAMES = sorted(n for n, c in METHODS.items() if not issubclass(c, DirectionMethod))
 SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 
 

@@ -9,7 +9,7 @@ import torch
 import fastmtl
 from fastmtl import training
 from fastmtl.training import task_autograd
-from fastmtl.methods import HydaLearn
+from fastmtl.methods import Context, HydaLearn
 from fastmtl.training import backward, hydalearn_lookahead_weights, task_gradients
 
 K = 3
@@ -332,7 +332,8 @@ def test_lookahead_gains_match_manual_sgd_and_hydalearn_rule():
                 p.copy_(s)
     gains = torch.stack(gains).to(torch.float64)
     torch.testing.assert_close(res.gains, gains)
-    rule = HydaLearn(main_task=0).weights(torch.zeros(K, K, dtype=torch.float64), reference_dots=gains)
+    rule = HydaLearn(main_task=0).weights(torch.zeros(K, K, dtype=torch.float64),
+                                          Context(num_tasks=K, device=gains.device, reference_dots=gains))
     torch.testing.assert_close(res.weights, rule)
     assert abs(float(res.weights.sum()) - 1.0) < 1e-12 or float(res.weights.sum()) == 0.0
     # An increasing metric flips the gains.

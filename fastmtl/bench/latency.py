@@ -29,7 +29,8 @@ from typing import Callable, Dict, List, Optional
 import torch
 
 import fastmtl
-from fastmtl.methods import make_method
+from fastmtl.gradients import losses_tensor
+from fastmtl.methods import Context, make_method
 from .speed import make_inputs
 from .timing import median_time
 
@@ -109,7 +110,8 @@ def run_point(K: int, D: int, layout: str, methods: Optional[List[str]] = None, 
         method = make_method(name, hyper)
         if method.requires_gram:
             fns["solve"] = lambda name=name, hyper=hyper, gen=gen: make_method(name, hyper).weights(
-                G, losses=losses, generator=gen)
+                G, Context(num_tasks=G.shape[0], device=G.device, losses=losses_tensor(losses, G.shape[0], G.device),
+                           generator=gen))
         if name in peers:
             agg = peers[name]
             fns["torchjd"] = lambda agg=agg: agg(J)

@@ -21,6 +21,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 import fastmtl
+from fastmtl.methods import Context
 
 LOWER = 5e-6
 CAGRAD_STARTS = ((-8.5, 7.5), (-8.5, -5.0), (9.0, 9.0), (0.0, 0.0), (10.0, -8.0))
@@ -124,7 +125,7 @@ def batched_weights_fn(method, K: int = 2, generator: Optional[torch.Generator] 
         return lambda G: cagrad_simplex_weights(G, method.c)[1] * scale
 
     def one(g):
-        return method.weights(g, num_tasks=K, generator=generator)
+        return method.weights(g, Context(num_tasks=K, device=g.device, generator=generator))
 
     vmapped = torch.func.vmap(one, randomness="same")
     try:

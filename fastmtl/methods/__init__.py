@@ -1,71 +1,25 @@
-"""Combination methods, one file per method (or family), and the name → class registry."""
+"""Combination methods, one file per method (or family), and the name → class registry.
+
+Every module of this package is imported here, so a method is added by one file whose class
+carries ``@register_method``; its class is then reachable as ``fastmtl.methods.<ClassName>`` and by
+name through ``combine(..., method=name)``. See docs/architecture.md.
+"""
 
 from __future__ import annotations
 
-import difflib
-from typing import Dict, Type
+import importlib
+import pkgutil
 
-from .base import Method
-from .simple import Mean, Sum
-from .pcgrad import PCGrad
-from .wpcgrad import WeightedPCGrad
-from .cagrad import CAGrad
-from .mgda import MGDA
-from .imtl_g import IMTLG
-from .upgrad import DualProj, UPGrad
-from .aligned_mtl import AlignedMTL
-from .hydalearn import HydaLearn
-from .nash_mtl import NashMTL
-from .gradvac import GradVac
-from .config import ConFIG
-from .db_mtl import DBMTL
-from .olaux import OLAUX
-from .gradnorm import GradNorm
-from .gemtl import GeMTL
-from .loss_weighting import DWA, RLW, UW
-from .famo import FAMO
-from .slgrad import SLGrad
-from .graddrop import GradDrop
-from .gcosim import GCosSim
+from .base import Context, Direction, DirectionMethod, GramMethod, Method
+from .registry import METHODS, make_method, method_class, register_method
 
-METHODS: Dict[str, Type[Method]] = {}
+# Infrastructure modules hold no method; everything else is imported for its registrations.
+_INFRASTRUCTURE = {"base", "registry", "common", "state", "sharded_state", "ordering"}
+for _info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+    if _info.name not in _INFRASTRUCTURE:
+        importlib.import_module(f"{__name__}.{_info.name}")
+for _cls in METHODS.values():
+    globals()[_cls.__name__] = _cls
 
-
-def register_method(cls: Type[Method]) -> Type[Method]:
-    """Make ``cls`` reachable as ``combine(..., method=cls.name)``."""
-    METHODS[cls.name] = cls
-    return cls
-
-
-for _cls in (Mean, Sum, PCGrad, WeightedPCGrad, CAGrad, MGDA, IMTLG, UPGrad, DualProj, AlignedMTL, HydaLearn, SLGrad,
-             NashMTL, GradVac, ConFIG, DBMTL, OLAUX, GradNorm, GeMTL, UW, DWA, RLW, FAMO, GradDrop, GCosSim):
-    register_method(_cls)
-
-
-def make_method(method, hyperparameters: dict) -> Method:
-    """A method instance from a name (plus hyper-parameters) or an existing instance."""
-    if isinstance(method, Method):
-        if hyperparameters:
-            raise TypeError(f"hyper-parameters {sorted(hyperparameters)} were given with a method instance; "
-                            "set them in its constructor")
-        return method
-    if isinstance(method, type) and issubclass(method, Method):
-        return method(**hyperparameters)
-    if not isinstance(method, str):
-        raise TypeError(f"method must be a name or a fastmtl.methods.Method instance, got {type(method).__name__}")
-    key = method.lower().replace("-", "_")
-    if key not in METHODS:
-        close = difflib.get_close_matches(key, list(METHODS), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(f"unknown method {method!r}{hint or '.'} Known methods: {', '.join(sorted(METHODS))}")
-    cls = METHODS[key]
-    try:
-        return cls(**hyperparameters)
-    except TypeError as exc:
-        raise TypeError(f"bad hyper-parameters for method {key!r}: {exc}") from None
-
-
-__all__ = ["Method", "METHODS", "register_method", "make_method", "Mean", "Sum", "PCGrad",
-           "WeightedPCGrad", "CAGrad", "MGDA", "IMTLG", "UPGrad", "DualProj", "AlignedMTL", "HydaLearn", "SLGrad",
-           "NashMTL", "GradVac", "ConFIG", "DBMTL", "OLAUX", "GradNorm", "GeMTL", "UW", "DWA", "RLW", "FAMO", "GradDrop",
-           "GCosSim"]
+__all__ = ["Method", "GramMethod", "DirectionMethod", "Context", "Direction", "METHODS", "register_method",
+           "make_method", "method_class"] + sorted(cls.__name__ for cls in METHODS.values())

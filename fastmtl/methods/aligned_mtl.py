@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import torch
 
-from .base import Method, check_choice, symmetric64
+from .base import GramMethod
+from .common import check_choice, symmetric64
+from .registry import register_method
 
 
-class AlignedMTL(Method):
+@register_method
+class AlignedMTL(GramMethod):
     """Align the task gradients into an orthogonal, equal-norm system (Senushkin et al., CVPR 2023).
 
     Eigendecompose ``G = V Λ Vᵀ``, keep eigenpairs with ``λ > λ_max·K·eps`` (rank r), and form
@@ -28,7 +31,7 @@ class AlignedMTL(Method):
         check_choice("scale_mode", scale_mode, ("min", "median", "rmse"))
         self.scale_mode = scale_mode
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
+    def weights(self, G, ctx):
         acc_eps = torch.finfo(G.dtype).eps
         G = symmetric64(G)
         K = G.shape[0]

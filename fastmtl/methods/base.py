@@ -1,51 +1,124 @@
-"""What every combination method is: hyper-parameters in the constructor, ``weights(G, ...) → λ``."""
+"""The two method contracts, and the per-call context both receive.
+
+* :class:`GramMethod` — ``weights(G, ctx) → λ``: the direction is ``d = Σ_k λ_k g_k``. The
+  pipeline (:mod:`fastmtl.pipeline`) forms ``G`` (locally, or all-reduced over a process group),
+  calls :meth:`GramMethod.weights`, and forms the weighted sum. Almost every method is one.
+* :class:`DirectionMethod` — ``direction(engine, ctx) → Direction``: methods that need the
+  gradients themselves (GradDrop's elementwise masks, DB-MTL's buffers, per-parameter GradVac,
+  SLGrad's dot products with a reference). ``engine`` (:class:`fastmtl.ops.Engine`) offers the
+  primitives already bound to the call's backend and output buffers, and records what ran.
+
+Everything a call brings that is neither a hyper-parameter nor state — losses, the random
+generator, the reference gradient and its dot products, the process group — travels in the
+:class:`Context`, never on the instance.
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar, Optional
+import functools
+import warnings
+from dataclasses import dataclass
+from typing import Any, ClassVar, List, Optional, Sequence
 
 import torch
 
 
+@dataclass(frozen=True)
+class Context:
+    """What one call gives a method besides ``G`` (or the engine).
+
+    Attributes:
+        num_tasks: K.
+        device: the gradients' device (λ lives there).
+        losses: the K task losses, float64 ``[K]`` on ``device``, or ``None``.
+        generator: the ``torch.Generator`` for random choices, or ``None`` (default generator).
+        reference_dots: ``⟨v, g_k⟩`` (``[K]``) with the call's reference gradient ``v`` (HydaLearn),
+            computed in the Gram pass; ``None`` without a reference.
+        reference: the reference gradient itself as P per-parameter entries (DirectionMethods that
+            read it, SLGrad), or ``None``.
+        process_group: the ``torch.distributed`` group of a sharded call (DirectionMethods that
+            declare ``sharded_direction``), or ``None``.
+    """
+
+    num_tasks: int
+    device: torch.device
+    losses: Optional[torch.Tensor] = None
+    generator: Optional[torch.Generator] = None
+    reference_dots: Optional[torch.Tensor] = None
+    reference: Optional[tuple] = None
+    process_group: Any = None
+
+
+@dataclass
+class Direction:
+    """What :meth:`DirectionMethod.direction` returns.
+
+    ``parts``: one tensor per parameter (``None`` where no task has a gradient), written into the
+    call's output buffers when it has them; ``weights``: λ when the direction is ``Σ λ_k g_k``
+    (``None`` otherwise); ``gram``: a Gram matrix the method formed anyway (this rank's partial one
+    when sharded), reused for ``return_info``.
+    """
+
+    parts: List[Optional[torch.Tensor]]
+    weights: Optional[torch.Tensor] = None
+    gram: Optional[torch.Tensor] = None
+
+
 class Method:
-    """A multi-task gradient combination method in Gram space.
+    """What every method declares; subclass :class:`GramMethod` or :class:`DirectionMethod`.
 
-    Subclasses implement :meth:`weights`, which maps the K×K Gram matrix ``G = J Jᵀ`` (and, where
-    the method uses them, the task losses and a random generator) to combination coefficients
-    ``λ`` such that the combined direction is ``d = Jᵀ λ = Σ_k λ_k g_k``. Everything runs on
-    ``G``'s device with fixed iteration counts and no host synchronisation.
+    Class attributes tell the pipeline what to prepare:
 
-    Class attributes tell :func:`fastmtl.combine` what to prepare:
-
-    * ``requires_gram``: the method reads ``G`` (loss-only methods skip the Gram pass);
-    * ``uses_losses``: ``losses`` are read (every method accepts and may ignore them);
-    * ``uses_reference``: the method needs dot products ``⟨v, g_k⟩`` with an external
-      reference vector ``self.reference`` (passed to :meth:`weights` as ``reference_dots``);
-    * ``stateful``: instances keep state across steps; keep the instance and pass it as
-      ``method=instance``;
-    * ``gram_free_direction``: the method is not "Gram → λ → Jᵀλ" (GradDrop's elementwise masks,
-      DB-MTL's combination of a state buffer, per-block methods); it overrides
-      :meth:`direction` and receives the validated gradients themselves;
+    * ``name``: the registry name (``combine(..., method=name)``);
+    * ``requires_gram``: the method reads ``G`` (loss-only weightings say ``False`` and skip the pass);
+    * ``uses_losses``: ``losses`` are read (every method accepts them and may ignore them);
+    * ``uses_reference``: the method reads a reference gradient (``combine(..., reference=v)``);
+    * ``stateful``: instances keep state across steps; keep the instance, pass ``method=instance``;
     * ``uses_generator``: the method may draw random numbers (default ``True``, the safe
-      assumption: sharded ``combine`` then shares rank 0's generator state); deterministic methods
-      say ``False``;
-    * ``shard_local``: a ``gram_free_direction`` method that is elementwise, so it runs on each
-      rank's gradient shard unchanged.
+      assumption: sharded ``combine`` then shares rank 0's generator state);
+    * ``shard_local``: a DirectionMethod that is elementwise, so it runs on each rank's shard unchanged;
+    * ``sharded_direction``: a DirectionMethod that runs its own small collectives under a process group;
+    * ``head_weighting``: what :func:`fastmtl.backward` gives task-specific (head) parameters:
+      ``"weighted"`` (``∇ Σ λ_k ℓ_k``, loss weightings) or ``"sum"`` (``∇ Σ ℓ_k``, the plain
+      per-task gradients of gradient-surgery methods, following their reference implementations).
     """
 
     name: ClassVar[str] = ""
+    reference = None  # deprecated: a reference gradient given to the constructor (see the call's ``reference``)
     requires_gram: ClassVar[bool] = True
     uses_losses: ClassVar[bool] = False
     uses_reference: ClassVar[bool] = False
     stateful: ClassVar[bool] = False
-
-    gram_free_direction: ClassVar[bool] = False
     uses_generator: ClassVar[bool] = True
     shard_local: ClassVar[bool] = False
+    sharded_direction: ClassVar[bool] = False
+    head_weighting: ClassVar[str] = "weighted"
 
-    reference = None
     # Instance attributes that carry state across steps (see fastmtl/methods/state.py).
     _state_attrs: ClassVar[tuple] = ()
+
+    @property
+    def computes_direction(self) -> bool:
+        """Whether the pipeline calls :meth:`DirectionMethod.direction` (else ``weights``)."""
+        return False
+
+    def gram_block(self, tg) -> Optional[Sequence[int]]:
+        """The parameters of ``tg`` whose Gram :meth:`GramMethod.weights` reads; ``None`` = all."""
+        return None
+
+    def check_num_tasks(self, num_tasks: int) -> None:
+        """A stateful instance serves one number of tasks (its state is per task): another K raises
+        ``ValueError`` before anything changes."""
+        seen = getattr(self, "_fastmtl_num_tasks", None) if self.stateful else None
+        if seen is not None and seen != num_tasks:
+            raise ValueError(f"this {type(self).__name__} instance saw {seen} tasks before, now {num_tasks}; a "
+                             "stateful method keeps per-task state: create a new instance for a different number "
+                             "of tasks")
+
+    def record_num_tasks(self, num_tasks: int) -> None:
+        """After a successful call: remember K on a stateful instance (checkpointed with its state)."""
+        if self.stateful:
+            self._fastmtl_num_tasks = num_tasks
 
     def state_dict(self) -> dict:
         """The method's state across steps, ``torch.nn.Module``-style (tensors and plain values).
@@ -71,53 +144,86 @@ class Method:
         from .state import load
         return load(self, state, strict)
 
-    def direction(self, tg, *, losses: Optional[torch.Tensor] = None,
-                  generator: Optional[torch.Generator] = None, out=None, backend: Optional[str] = None):
-        """For ``gram_free_direction`` methods: ``(parts, weights_or_None, gram_or_None)``.
-
-        ``tg`` is a :class:`fastmtl.gradients.TaskGradients`; ``parts`` is one tensor per parameter
-        (``None`` where no task has a gradient), written into ``out[p]`` when ``out`` is given.
-        Use :func:`fastmtl.ops.gramian_of` / :func:`fastmtl.ops.weighted_sum_of` for the passes so
-        that backend selection applies.
-        """
-        raise NotImplementedError
-
-    def weights(self, G: Optional[torch.Tensor], *, losses: Optional[torch.Tensor] = None,
-                generator: Optional[torch.Generator] = None,
-                reference_dots: Optional[torch.Tensor] = None, num_tasks: Optional[int] = None,
-                device: Optional[torch.device] = None) -> torch.Tensor:
-        """λ (float64, ``[K]``) on ``G``'s device — or on ``device`` for loss-only methods called
-        with ``G = None`` (``num_tasks`` gives K then)."""
-        raise NotImplementedError
-
     def __repr__(self) -> str:
         params = ", ".join(f"{k}={v!r}" for k, v in vars(self).items()
                            if not k.startswith("_") and not isinstance(v, torch.Tensor))
         return f"{type(self).__name__}({params})"
 
 
-def symmetric64(G: torch.Tensor) -> torch.Tensor:
-    """``G`` in float64, symmetrised: accumulated Grams can be asymmetric at the rounding level."""
-    G = G.to(torch.float64)
-    return 0.5 * (G + G.T)
+class GramMethod(Method):
+    """A method in Gram space: ``λ = weights(G, ctx)`` and ``d = Σ_k λ_k g_k``.
+
+    ``weights`` maps the K×K Gram matrix ``G = J Jᵀ`` (``None`` for methods with
+    ``requires_gram = False``) and the call's :class:`Context` to λ (float64, ``[K]``, on
+    ``ctx.device``), updating the instance's own state for stateful methods. Everything runs on the
+    device with fixed iteration counts and no host synchronisation.
+
+    Calling ``weights`` with the keyword arguments of earlier versions (``losses=``,
+    ``generator=``, ``reference_dots=``, ``num_tasks=``, ``device=``) instead of a context still
+    works and emits a ``DeprecationWarning``.
+    """
+
+    def weights(self, G: Optional[torch.Tensor], ctx: Context) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        fn = cls.__dict__.get("weights")
+        if fn is not None and not getattr(fn, "_accepts_legacy_keywords", False):
+            cls.weights = _accept_legacy_keywords(fn)
 
 
-def check_positive(name: str, value: float, *, allow_zero: bool = True) -> float:
-    value = float(value)
-    if value != value or value in (float("inf"), float("-inf")) or value < 0 or (value == 0 and not allow_zero):
-        bound = "finite and ≥ 0" if allow_zero else "finite and > 0"
-        raise ValueError(f"{name} must be {bound}, got {value}")
-    return value
+class DirectionMethod(Method):
+    """A method that needs the gradients themselves: ``direction(engine, ctx) → Direction``.
+
+    ``engine`` offers ``gramian()``, ``weighted_sum(λ)``, ``graddrop(...)``, ``dots(v)``,
+    ``restrict(params)`` and ``targets`` (the call's output buffers), all bound to the backend
+    chosen for the call; see :class:`fastmtl.ops.Engine`.
+    """
+
+    requires_gram: ClassVar[bool] = False
+
+    @property
+    def computes_direction(self) -> bool:
+        return True
+
+    def direction(self, engine, ctx: Context) -> Direction:
+        raise NotImplementedError
 
 
-def check_choice(name: str, value, choices) -> None:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
+_LEGACY = ("losses", "generator", "reference_dots", "num_tasks", "device")
 
 
-def check_main_task(main_task: int, K: int) -> int:
-    if not isinstance(main_task, int) or isinstance(main_task, bool):
-        raise TypeError(f"main_task must be an int, got {type(main_task).__name__}")
-    if not 0 <= main_task < K:
-        raise ValueError(f"main_task={main_task} is out of range for K={K} tasks")
-    return main_task
+def _accept_legacy_keywords(fn):
+    """``weights(G, ctx)``, also callable as ``weights(G, losses=..., num_tasks=..., ...)`` (deprecated)."""
+
+    @functools.wraps(fn)
+    def weights(self, G, ctx=None, **legacy):
+        if ctx is None:
+            unknown = sorted(set(legacy) - set(_LEGACY))
+            if unknown:
+                raise TypeError(f"{type(self).__name__}.weights() got unexpected keyword arguments {unknown}")
+            warnings.warn(f"{type(self).__name__}.weights(G, losses=..., ...) is deprecated: pass a "
+                          "fastmtl.methods.Context as the second argument", DeprecationWarning, stacklevel=2)
+            ctx = context_from_keywords(G, **legacy)
+        elif legacy:
+            raise TypeError("pass either a Context or keyword arguments to weights(), not both")
+        return fn(self, G, ctx)
+
+    weights._accepts_legacy_keywords = True
+    return weights
+
+
+def context_from_keywords(G: Optional[torch.Tensor], *, losses=None, generator=None, reference_dots=None,
+                          num_tasks: Optional[int] = None, device=None) -> Context:
+    """A :class:`Context` from loose arguments; K and the device come from ``G`` when it is given."""
+    if G is not None:
+        num_tasks, device = G.shape[0], G.device
+    elif num_tasks is None:
+        raise ValueError("the number of tasks is unknown: pass G or num_tasks")
+    elif device is None:
+        device = losses.device if isinstance(losses, torch.Tensor) else torch.device("cpu")
+    if losses is not None and not isinstance(losses, torch.Tensor):
+        losses = torch.as_tensor(losses, dtype=torch.float64)
+    return Context(num_tasks=int(num_tasks), device=torch.device(device), losses=losses, generator=generator,
+                   reference_dots=reference_dots)

@@ -3,11 +3,14 @@ NeurIPS 2021 (arXiv 2110.14048)."""
 
 from __future__ import annotations
 
-from .base import Method, check_choice, check_positive, symmetric64
+from .base import GramMethod
+from .common import check_choice, check_positive, symmetric64
+from .registry import register_method
 from ..solvers import cagrad_simplex_weights
 
 
-class CAGrad(Method):
+@register_method
+class CAGrad(GramMethod):
     """Conflict-averse gradient (Liu et al., NeurIPS 2021), on the Gram matrix.
 
     With ``g_0 = (1/K)Σ g_i`` the direction maximises the worst task improvement
@@ -28,6 +31,7 @@ class CAGrad(Method):
     uses_generator = False
 
     name = "cagrad"
+    head_weighting = "sum"  # the official code: heads get their own task's gradient
 
     def __init__(self, c: float = 0.5, rescale: int = 1, multiply_by_k: bool = True):
         self.c = check_positive("c", c)
@@ -35,7 +39,7 @@ class CAGrad(Method):
         self.rescale = rescale
         self.multiply_by_k = bool(multiply_by_k)
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
+    def weights(self, G, ctx):
         G = symmetric64(G)
         K = G.shape[0]
         _, lam = cagrad_simplex_weights(G, self.c)

@@ -7,10 +7,13 @@ from typing import Optional, Sequence
 
 import torch
 
-from .base import Method, check_positive, symmetric64
+from .base import GramMethod
+from .common import check_positive, symmetric64
+from .registry import register_method
 
 
-class ConFIG(Method):
+@register_method
+class ConFIG(GramMethod):
     """Conflict-free update (Liu, Chu, Thuerey, ICLR 2025): equal cosine to every task gradient.
 
     Paper / official form: with the unit gradients ``U = N⁻¹J`` (``N = diag(‖g_i‖)``; zero
@@ -34,6 +37,7 @@ class ConFIG(Method):
     uses_generator = False
 
     name = "config"
+    head_weighting = "sum"  # the official code: heads get their own task's gradient
 
     def __init__(self, pref: Optional[Sequence[float]] = None, rcond: Optional[float] = None):
         if pref is not None:
@@ -45,7 +49,7 @@ class ConFIG(Method):
             self.pref = None
         self.rcond = None if rcond is None else check_positive("rcond", rcond)
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
+    def weights(self, G, ctx):
         rcond = self.rcond
         if rcond is None:
             rcond = 1e-10 if G.dtype == torch.float64 else 1e-5

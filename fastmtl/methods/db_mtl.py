@@ -7,11 +7,15 @@ from typing import List, Optional
 import torch
 
 from ..gradients import accumulate_dtype
-from .base import Method, check_positive
-from .famo import check_num_tasks
+from ..collectives import all_reduce_sum
+from .base import Direction, DirectionMethod
+from .common import check_num_tasks, check_positive
+from . import sharded_state
+from .registry import register_method
 
 
-class DBMTL(Method):
+@register_method
+class DBMTL(DirectionMethod):
     """Dual-balancing (Lin et al., 2023): log-loss scaling + EMA gradient-magnitude balancing.
 
     Loss-scale balancing: each task back-propagates ``log(ℓ_i + eps)``, i.e. its gradient is
@@ -44,10 +48,10 @@ class DBMTL(Method):
     uses_generator = False
 
     name = "db_mtl"
-    requires_gram = False
+    head_weighting = "sum"  # LibMTL's convention for gradient methods
     uses_losses = True
     stateful = True
-    gram_free_direction = True
+    sharded_direction = True  # its own all-reduce of the buffer norms under a process group
     _state_attrs = ("_buffers", "_shapes", "_K", "_step", "alpha")
 
     def __init__(self, beta: float = 0.9, sigma: float = 0.0, eps: float = 1e-8):
@@ -75,8 +79,6 @@ class DBMTL(Method):
         elif self._shapes is not None:
             self._shapes, self._buffers, self._K = None, None, None  # nothing buffered yet
 
-    sharded_direction = True  # direction() takes process_group (fastmtl/distributed.py)
-
     def _has_unsharded_state(self) -> bool:
         return self._shapes is not None and getattr(self, "_shard", None) is None
 
@@ -84,20 +86,14 @@ class DBMTL(Method):
         """As :meth:`Method.state_dict`; under a process group (after sharded calls, or with
         ``process_group`` given, e.g. for a fresh instance's ``dcp.load`` template) this rank's
         shard in the layout of :mod:`fastmtl.methods.sharded_state`."""
-        from . import sharded_state
         return sharded_state.state_dict(self, process_group) or super().state_dict()
 
     def load_state_dict(self, state: dict, strict: bool = True, process_group=None):
         """As :meth:`Method.load_state_dict`; a sharded state dict needs the same rank and world
         size (``process_group`` for an instance that has not run sharded yet)."""
-        from . import sharded_state
         if sharded_state.is_sharded(state):
             return sharded_state.load(self, state, process_group, strict)
         return super().load_state_dict(state, strict)
-
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
-        raise TypeError("DB-MTL combines its gradient buffer, not the current gradients: call "
-                        "fastmtl.combine(grads, method=instance, losses=losses)")
 
     def _check_state(self, tg) -> None:
         K = tg.num_tasks
@@ -119,14 +115,12 @@ class DBMTL(Method):
         if tg.device != self._device:
             raise ValueError(f"this DBMTL instance buffers on {self._device}, gradients are on {tg.device}")
 
-    def direction(self, tg, *, losses=None, generator=None, out=None, backend=None, process_group=None):
+    def direction(self, engine, ctx):
+        tg, out, losses, process_group = engine.tg, engine.targets, ctx.losses, ctx.process_group
         if losses is None:
             raise ValueError("db_mtl needs the task losses: combine(..., losses=...)")
-        if process_group is not None:  # every rank scales its shard by the same, rank-averaged losses
-            from ..distributed import reduce_shards
-            from . import sharded_state
+        if process_group is not None:  # the losses are rank-averaged already (every rank scales alike)
             sharded_state.record(self, process_group)
-            _, _, losses, _ = reduce_shards(tg, self, process_group, losses=losses, need_gram=False)
         self._check_state(tg)
         K = tg.num_tasks
         acc = accumulate_dtype(tg.dtype)
@@ -151,7 +145,6 @@ class DBMTL(Method):
                         M[k].addcmul_(t, scale[k])
             norms2 += torch.linalg.vector_norm(M, dim=1).to(torch.float64) ** 2
         if process_group is not None:  # the buffer rows' norms over the whole vector
-            from .sharded_state import all_reduce_sum
             norms2 = all_reduce_sum(norms2, process_group, "all_reduce of DB-MTL's buffer norms")
         norms = torch.sqrt(norms2)
         alpha = norms.amax() / (norms + self.eps)
@@ -169,4 +162,4 @@ class DBMTL(Method):
             else:
                 target.copy_(d)
                 parts.append(target)
-        return parts, None, None
+        return Direction(parts)

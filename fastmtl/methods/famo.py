@@ -2,59 +2,18 @@
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 
 from ..gradients import losses_tensor
-from .base import Method, check_positive
-from .simple import _shape
+from .base import GramMethod
+from .common import AdamState, check_num_tasks, check_positive
+from .registry import register_method
 
 
-class AdamState:
-    """Adam (Kingma & Ba) on one small tensor, with ``torch.optim.Adam``'s exact update rule.
-
-    ``weight_decay`` is the L2 form of ``torch.optim.Adam`` (added to the gradient, not AdamW).
-    Runs on the parameter's device with no host synchronisation: the step count is a Python int.
-    """
-
-    _state_attrs = ("t", "m", "v")
-
-    def __init__(self, lr: float, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0):
-        self.lr = float(lr)
-        self.betas = (float(betas[0]), float(betas[1]))
-        self.eps = float(eps)
-        self.weight_decay = float(weight_decay)
-        self.t = 0
-        self.m: Optional[torch.Tensor] = None
-        self.v: Optional[torch.Tensor] = None
-
-    def step(self, param: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
-        """The parameter after one Adam step along ``grad`` (a new tensor)."""
-        b1, b2 = self.betas
-        if self.m is None:
-            self.m = torch.zeros_like(param)
-            self.v = torch.zeros_like(param)
-        self.t += 1
-        if self.weight_decay != 0.0:
-            grad = grad + self.weight_decay * param
-        self.m = torch.lerp(self.m, grad, 1.0 - b1)
-        self.v = self.v * b2 + (1.0 - b2) * grad * grad
-        bias1 = 1.0 - b1 ** self.t
-        bias2_sqrt = math.sqrt(1.0 - b2 ** self.t)
-        denom = self.v.sqrt() / bias2_sqrt + self.eps
-        return param - (self.lr / bias1) * self.m / denom
-
-
-def check_num_tasks(name: str, expected: Optional[int], K: int) -> None:
-    """The ValueError of a stateful method reused with a different number of tasks."""
-    if expected is not None and expected != K:
-        raise ValueError(f"this {name} instance holds state for {expected} tasks but was called with "
-                         f"K={K}; create a new instance (or call reset()) for a different task set")
-
-
-class FAMO(Method):
+@register_method
+class FAMO(GramMethod):
     """Fast adaptive multitask optimization (Liu et al., NeurIPS 2023). Loss-only, no Gram pass.
 
     State: logits ``w ∈ R^K`` (init 0) trained by Adam (``w_lr = 0.025``, weight decay ``gamma``).
@@ -115,14 +74,14 @@ class FAMO(Method):
         lmin = 0.0 if self._min_losses is None else self._min_losses.to(losses.device)
         return (losses - lmin).clamp_min(0.0) + self.eps
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
-        if losses is None:
+    def weights(self, G, ctx):
+        if ctx.losses is None:
             raise ValueError("famo needs the task losses: combine(..., losses=...)")
-        K, device = _shape(G, num_tasks, losses, device)
+        K, device = ctx.num_tasks, ctx.device
         check_num_tasks("FAMO", self._K, K)
         if self._min_losses is not None and self._min_losses.shape[0] != K:
             raise ValueError(f"min_losses has {self._min_losses.shape[0]} entries for K={K} tasks")
-        losses = losses.to(device=device, dtype=torch.float64)
+        losses = ctx.losses.to(device=device, dtype=torch.float64)
         if self._logits is None:
             self._logits = torch.zeros(K, dtype=torch.float64, device=device)
             self._K = K

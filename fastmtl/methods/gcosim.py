@@ -6,10 +6,13 @@ Pascanu, Lakshminarayanan, "Adapting Auxiliary Losses Using Gradient Similarity"
 from __future__ import annotations
 
 
-from .base import Method, check_main_task, symmetric64
+from .base import GramMethod
+from .common import check_main_task, symmetric64
+from .registry import register_method
 
 
-class GCosSim(Method):
+@register_method
+class GCosSim(GramMethod):
     """Keep an auxiliary gradient only when it points the main task's way.
 
     With ``g_m`` the main-task gradient and ``cos_k = ⟨g_m, g_k⟩ / (‖g_m‖ ‖g_k‖)``:
@@ -38,7 +41,7 @@ class GCosSim(Method):
             raise ValueError(f"main_task must be a non-negative int, got {main_task!r}")
         self.main_task = main_task
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
+    def weights(self, G, ctx):
         G = symmetric64(G)
         K = G.shape[0]
         m = check_main_task(self.main_task, K)

@@ -9,11 +9,13 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from .base import Method, check_choice, check_positive
-from .simple import _shape
+from .base import GramMethod
+from .common import check_choice, check_positive
+from .registry import register_method
 
 
-class GeMTL(Method):
+@register_method
+class GeMTL(GramMethod):
     """Gradient of the generalized (power) mean of the losses. Loss-only, no Gram pass.
 
     The total loss is ``M_p(ℓ) = ((1/K) Σ_i ℓ_i^p)^{1/p}`` (the geometric mean ``(Π ℓ_i)^{1/K}``
@@ -83,11 +85,11 @@ class GeMTL(Method):
             return self.p + (self.p_end - self.p) * min(self._step / self.total_steps, 1.0)
         return self.p
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
-        if losses is None:
+    def weights(self, G, ctx):
+        if ctx.losses is None:
             raise ValueError("gemtl needs the task losses: combine(..., losses=...)")
-        K, device = _shape(G, num_tasks, losses, device)
-        losses = losses.to(device=device, dtype=torch.float64)
+        device = ctx.device
+        losses = ctx.losses.to(device=device, dtype=torch.float64)
         p = self.current_p(losses)
         self._step += 1
         return generalized_mean_weights(losses, p, band=self.geometric_band, eps=self.eps)

@@ -7,12 +7,14 @@ from typing import Optional, Sequence
 
 import torch
 
-from .base import Method, check_positive
-from ..ops.registry import select
+from .base import Direction, DirectionMethod
+from .common import check_positive
+from .registry import register_method
 from ..reference.graddrop import DEFAULT_EPS
 
 
-class GradDrop(Method):
+@register_method
+class GradDrop(DirectionMethod):
     """Gradient sign dropout (Chen et al., NeurIPS 2020): elementwise, not Gram-reducible.
 
     Per coordinate: positive sign purity ``P = ½(1 + Σ_i g_i / (Σ_i |g_i| + eps))``, one uniform
@@ -32,8 +34,7 @@ class GradDrop(Method):
     """
 
     name = "graddrop"
-    gram_free_direction = True
-    requires_gram = False
+    head_weighting = "sum"  # gradient surgery: heads get their own task's gradient
     shard_local = True  # elementwise: each rank drops signs on its own shard
 
     def __init__(self, leak: Optional[Sequence[float]] = None, eps: float = DEFAULT_EPS):
@@ -46,21 +47,16 @@ class GradDrop(Method):
             self.leak = None
         self.eps = check_positive("eps", eps)
 
-    def weights(self, G, **kwargs):
-        raise TypeError("GradDrop is elementwise: it has no task weights (use combine)")
-
-    def direction(self, tg, *, losses=None, generator=None, out=None, backend=None):
-        K = tg.num_tasks
+    def direction(self, engine, ctx):
+        K = ctx.num_tasks
         leak = None
         if self.leak is not None:
             if self.leak.shape[0] != K:
                 raise ValueError(f"leak has {self.leak.shape[0]} entries for K={K} tasks")
-            leak = self.leak.to(tg.device)
+            leak = self.leak.to(ctx.device)
         # One seed per call. With a CPU generator (or none: the default CPU generator) this is a
         # host-side draw; a CUDA generator is honoured too, at the cost of one synchronisation.
+        generator = ctx.generator
         gen_device = generator.device if generator is not None else "cpu"
         seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator, device=gen_device).item())
-        chosen = select("graddrop", tg, backend)
-        parts = chosen.implementations["graddrop"](tg, seed, 0, leak, self.eps, out)
-        return parts, None, None
-
+        return Direction(engine.graddrop(seed, 0, leak, self.eps))

@@ -7,15 +7,16 @@ from typing import Optional, Sequence
 
 import torch
 
-from ..ops.primitives import gramian_of, weighted_sum_of
-from .base import Method, check_choice, check_positive, symmetric64
-from .famo import AdamState, check_num_tasks
-from .gradvac import param_block
+from .base import GramMethod
+from .common import check_choice, check_positive, symmetric64
+from .registry import register_method
+from .common import AdamState, check_num_tasks
 
 _TINY = 1e-12
 
 
-class GradNorm(Method):
+@register_method
+class GradNorm(GramMethod):
     """Gradient normalisation (Chen et al., ICML 2018): balance the task gradient norms.
 
     With weights ``w`` (the direction is ``λ = w(t)``, the weights *before* this step's update),
@@ -42,9 +43,9 @@ class GradNorm(Method):
 
     Norms: by default from the diagonal of the full Gram matrix (all shared parameters, as LibMTL).
     ``param_indices`` selects the parameters ``W`` (the paper's last shared layer; indices into the
-    per-parameter gradient list): then only those parameters are read for a block Gram (through the
-    method's own :meth:`direction`), and the direction ``Σ_k w_k g_k`` over all parameters is the
-    only full pass — the full Gram is never formed.
+    per-parameter gradient list): then only those parameters are read for a block Gram
+    (:meth:`gram_block`), and the direction ``Σ_k w_k g_k`` over all parameters is the only full
+    pass — the full Gram is formed only for ``return_info``.
 
     State: ``w`` or ``s``, ``ℓ(0)`` (and the first-epoch loss sums), optimizer moments.
     """
@@ -84,9 +85,14 @@ class GradNorm(Method):
         self.param_indices = param_indices
         self.reset()
 
-    @property
-    def gram_free_direction(self) -> bool:  # norms from a block Gram of the chosen parameters
-        return self.param_indices is not None
+    def gram_block(self, tg):
+        """The parameters ``param_indices`` that some task touches (the norms' block), or all."""
+        if self.param_indices is None:
+            return None
+        bad = [i for i in self.param_indices if i >= tg.num_params]
+        if bad:
+            raise ValueError(f"param_indices {bad} are out of range for {tg.num_params} parameter gradients")
+        return [i for i in self.param_indices if tg.shapes[i] is not None]
 
     def reset(self) -> None:
         """Weights to 1, forget ``ℓ(0)``, the epoch sums and the optimizer state."""
@@ -155,22 +161,5 @@ class GradNorm(Method):
         self._param = new
         return w.clone()
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
-        if self.param_indices is not None:
-            raise TypeError("GradNorm(param_indices=...) reads those parameters' gradients itself: call "
-                            "fastmtl.combine(grads, method=instance, losses=losses)")
-        G = symmetric64(G)
-        return self._step(torch.diagonal(G), losses)
-
-    def direction(self, tg, *, losses=None, generator=None, out=None, backend=None):
-        bad = [i for i in self.param_indices if i >= tg.num_params]
-        if bad:
-            raise ValueError(f"param_indices {bad} are out of range for {tg.num_params} parameter gradients")
-        present = [i for i in self.param_indices if tg.shapes[i] is not None]
-        if present:
-            GW = gramian_of(param_block(tg, present), backend)
-            norms2 = torch.diagonal(GW).to(torch.float64)
-        else:
-            norms2 = torch.zeros(tg.num_tasks, dtype=torch.float64, device=tg.device)
-        lam = self._step(norms2, losses)
-        return weighted_sum_of(tg, lam, out, backend), lam, None
+    def weights(self, G, ctx):
+        return self._step(torch.diagonal(symmetric64(G)), ctx.losses)

@@ -3,36 +3,21 @@ Optimization in Massively Multilingual Models", ICLR 2021 (arXiv 2010.05874)."""
 
 from __future__ import annotations
 
-from typing import Sequence
 
 import torch
 
-from ..gradients import TaskGradients
-from ..ops.primitives import gramian_of, weighted_sum_of
-from .base import Method, check_choice, check_positive
-from .famo import check_num_tasks
+from ..collectives import all_reduce_sum
+from . import sharded_state
+from .base import Direction, DirectionMethod, GramMethod
+from .common import check_choice, check_num_tasks, check_positive
 from .ordering import random_task_orders
+from .registry import register_method
 
 _GRANULARITIES = ("whole", "per_param")
 
 
-def param_block(tg: TaskGradients, indices: Sequence[int]) -> TaskGradients:
-    """The task gradients restricted to the parameters ``indices`` (views, no copy)."""
-    indices = list(indices)
-    if indices == list(range(tg.num_params)):
-        return tg
-    return TaskGradients(
-        layout="params",
-        entries=tuple(tuple(row[p] for p in indices) for row in tg.entries),
-        shapes=tuple(tg.shapes[p] for p in indices),
-        device=tg.device,
-        dtype=tg.dtype,
-        matrix=None,
-        numels=tuple(tg.numels[p] for p in indices),
-    )
-
-
-class GradVac(Method):
+@register_method
+class GradVac(GramMethod, DirectionMethod):
     """Gradient Vaccine (Wang et al., ICLR 2021): pull pairwise similarities up to EMA targets.
 
     Paper / LibMTL form: for each task ``i``, ``p_i = g_i``; for every other task ``j`` in a
@@ -66,6 +51,8 @@ class GradVac(Method):
     """
 
     name = "gradvac"
+    head_weighting = "sum"  # gradient surgery: heads get their own task's gradient
+    requires_gram = True  # granularity="whole": one Gram; "per_param": its own block Grams
     stateful = True
     _state_attrs = ("_phi",)
 
@@ -83,7 +70,11 @@ class GradVac(Method):
         self.reset()
 
     @property
-    def sharded_direction(self) -> bool:  # direction() takes process_group (fastmtl/distributed.py)
+    def computes_direction(self) -> bool:  # per-parameter blocks need their own Grams
+        return self.granularity == "per_param"
+
+    @property
+    def sharded_direction(self) -> bool:  # its own all-reduce of the block Grams under a process group
         return self.granularity == "per_param"
 
     def _has_unsharded_state(self) -> bool:
@@ -93,19 +84,13 @@ class GradVac(Method):
         """As :meth:`Method.state_dict`; per-parameter GradVac under a process group (after
         sharded calls, or with ``process_group`` given for a fresh instance's ``dcp.load``
         template) uses the layout of :mod:`fastmtl.methods.sharded_state`."""
-        from . import sharded_state
         return sharded_state.state_dict(self, process_group) or super().state_dict()
 
     def load_state_dict(self, state: dict, strict: bool = True, process_group=None):
         """As :meth:`Method.load_state_dict`; a sharded state dict needs the same world size."""
-        from . import sharded_state
         if sharded_state.is_sharded(state):
             return sharded_state.load(self, state, process_group, strict)
         return super().load_state_dict(state, strict)
-
-    @property
-    def gram_free_direction(self) -> bool:  # per-parameter blocks need their own Grams
-        return self.granularity == "per_param"
 
     def reset(self) -> None:
         """Reset the similarity targets to 0."""
@@ -141,57 +126,53 @@ class GradVac(Method):
         self._phi = phi
         return lam
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
+    def weights(self, G, ctx):
         if self.granularity == "per_param":
             raise TypeError("GradVac(granularity='per_param') needs the gradients themselves: call "
                             "fastmtl.combine(grads, method=instance)")
         G = G.to(torch.float64)
         G = 0.5 * (G + G.T)
-        return self._lambdas(G[None], generator)[0]
+        return self._lambdas(G[None], ctx.generator)[0]
 
-    def direction(self, tg, *, losses=None, generator=None, out=None, backend=None, process_group=None):
+    def direction(self, engine, ctx):
+        tg = engine.tg
         blocks = [p for p in range(tg.num_params) if tg.shapes[p] is not None]
-        subs = [param_block(tg, [p]) for p in blocks]
-        grams = [gramian_of(s, backend) for s in subs]
-        if process_group is None:
+        subs = [engine.restrict([p]) for p in blocks]
+        grams = [sub.gramian() for sub in subs]
+        if ctx.process_group is None:
             Gb = torch.stack(grams).to(torch.float64)
             Gb = 0.5 * (Gb + Gb.transpose(-1, -2))
-            lam = self._lambdas(Gb, generator, blocks, tg.num_params)
+            lam = self._lambdas(Gb, ctx.generator, blocks, tg.num_params)
             row = {p: b for b, p in enumerate(blocks)}
         else:
-            lam = self._sharded_lambdas(tg, grams, blocks, generator, process_group, backend)
+            lam = self._sharded_lambdas(tg, grams, blocks, ctx)
             row = {p: p for p in blocks}
-        parts = [None if out is None else out[p] for p in range(tg.num_params)]
+        parts = [None if engine.targets is None else engine.targets[p] for p in range(tg.num_params)]
         for b, p in enumerate(blocks):
-            parts[p] = weighted_sum_of(subs[b], lam[row[p]], None if out is None else (out[p],), backend)[0]
+            parts[p] = subs[b].weighted_sum(lam[row[p]])[0]
         G = grams[0] if grams else torch.zeros(tg.num_tasks, tg.num_tasks, dtype=torch.float64, device=tg.device)
         for g in grams[1:]:
             G = G + g
-        return parts, None, G  # this rank's partial Gram: combine all-reduces it for the info
+        return Direction(parts, None, G)  # this rank's partial Gram: the pipeline all-reduces it for the info
 
-    def _sharded_lambdas(self, tg, grams, blocks, generator, process_group, backend):
-        """Sharded: λ ``[P, K]`` from the global block Grams; orders from rank 0's generator.
+    def _sharded_lambdas(self, tg, grams, blocks, ctx):
+        """Sharded: λ ``[P, K]`` from the global block Grams (``ctx.generator`` holds rank 0's state).
 
         Every block runs (the ranks must agree on the work without a host read); a block that no
         rank touches in this call gets a zero Gram and keeps its targets (``torch.where``), as in
         the unsharded method."""
-        from ..distributed import reduce_shards
-        from . import sharded_state
-        sharded_state.record(self, process_group)
+        sharded_state.record(self, ctx.process_group)
         K, P = tg.num_tasks, tg.num_params
         buf = torch.zeros(P, K * K + 1, dtype=torch.float64, device=tg.device)
         for g, p in zip(grams, blocks):
             buf[p, :-1] = g.reshape(-1).to(torch.float64)
             buf[p, -1] = 1.0
-        buf = sharded_state.all_reduce_sum(buf, process_group, "all_reduce of GradVac's block Gram matrices")
-        if self.uses_generator:
-            _, _, _, generator = reduce_shards(tg, self, process_group, generator=generator, need_gram=False,
-                                               backend=backend)
+        buf = all_reduce_sum(buf, ctx.process_group, "all_reduce of GradVac's block Gram matrices")
         Gb = buf[:, :-1].reshape(P, K, K)
         Gb = 0.5 * (Gb + Gb.transpose(-1, -2))
         touched = buf[:, -1] > 0
         old = self._phi
-        lam = self._lambdas(Gb, generator, None, P)
+        lam = self._lambdas(Gb, ctx.generator, None, P)
         keep = torch.zeros_like(self._phi) if old is None else old.to(self._phi.device)
         self._phi = torch.where(touched[:, None, None], self._phi, keep)
         return lam

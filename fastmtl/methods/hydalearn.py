@@ -6,17 +6,21 @@ from __future__ import annotations
 
 import torch
 
-from .base import Method, check_choice, check_main_task, symmetric64
+from .base import GramMethod
+from .common import check_choice, check_main_task, symmetric64, warn_instance_reference
+from .registry import register_method
 
 
-class HydaLearn(Method):
+@register_method
+class HydaLearn(GramMethod):
     """Per-batch auxiliary-task weights proportional to their main-task gain (first-order form).
 
     The paper sets ``w_i / w_j = δ_i / δ_j`` where ``δ_k`` is the main-task gain of a fake update
     along task ``k``'s gradient. To first order ``δ_k ∝ ⟨v, g_k⟩`` with ``v`` the main-task
-    gradient (the main row of G), or an external main-task reference gradient ``reference``
-    (e.g. from a validation batch; passed in the structure of one task's gradient, it adds one row
-    to the Gram pass). fastmtl's reconstructed rule, with ``δ⁺ = max(δ, 0)``:
+    gradient (the main row of G), or an external main-task reference gradient ``v`` (e.g. from a
+    validation batch), given to the call, ``combine(..., reference=v)`` or
+    ``fastmtl.backward(..., reference_grad=v)``, in the structure of one task's gradient; it adds
+    one row to the Gram pass. (``HydaLearn(reference=v)`` is deprecated.) fastmtl's reconstructed rule, with ``δ⁺ = max(δ, 0)``:
 
     * ``normalize="sum"`` (default): ``λ = δ⁺ / Σ δ⁺`` (a convex combination);
     * ``normalize="main"``: ``λ_main = 1``, ``λ_k = δ⁺_k / δ_main``;
@@ -40,15 +44,17 @@ class HydaLearn(Method):
         if not isinstance(main_task, int) or isinstance(main_task, bool) or main_task < 0:
             raise ValueError(f"main_task must be a non-negative int, got {main_task!r}")
         self.main_task = main_task
+        if reference is not None:
+            warn_instance_reference("HydaLearn")
         self.reference = reference
         self.normalize = normalize
         self.fallback = fallback
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
+    def weights(self, G, ctx):
         G = symmetric64(G)
         K = G.shape[0]
         m = check_main_task(self.main_task, K)
-        delta = G[m] if reference_dots is None else reference_dots.to(G)
+        delta = G[m] if ctx.reference_dots is None else ctx.reference_dots.to(G)
         pos = delta.clamp_min(0)
         fallback = torch.zeros(K, dtype=G.dtype, device=G.device)
         if self.fallback == "main":

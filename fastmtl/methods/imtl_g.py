@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import torch
 
-from .base import Method, symmetric64
+from .base import GramMethod
+from .common import symmetric64
+from .registry import register_method
 
 
-class IMTLG(Method):
+@register_method
+class IMTLG(GramMethod):
     """Impartial gradient (Liu et al., ICLR 2021): equal projections on every unit gradient.
 
     Find ``d = Σ α_i g_i`` with ``Σ α_i = 1`` whose projection ``⟨d, g_i⟩/‖g_i‖`` is the same for
@@ -22,7 +25,7 @@ class IMTLG(Method):
 
     name = "imtl_g"
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
+    def weights(self, G, ctx):
         acc_eps = torch.finfo(G.dtype).eps
         G = symmetric64(G)
         K = G.shape[0]

@@ -8,12 +8,13 @@ from typing import List, Optional
 import torch
 
 from ..gradients import losses_tensor
-from .base import Method, check_positive
-from .famo import check_num_tasks
-from .simple import _shape
+from .base import GramMethod
+from .common import check_num_tasks, check_positive
+from .registry import register_method
 
 
-class UW(Method):
+@register_method
+class UW(GramMethod):
     """Uncertainty weighting (Kendall, Gal, Cipolla, CVPR 2018). Loss-only, no Gram pass.
 
     Learned log-variances ``s_i = log σ_i²``; the loss ``Σ_i ½ e^{−s_i} ℓ_i + ½ s_i`` gives the task
@@ -70,23 +71,24 @@ class UW(Method):
         l = losses_tensor(losses, self.s.shape[0], self.s.device).to(self.s.dtype)
         return (0.5 * torch.exp(-self.s) * l + 0.5 * self.s).sum()
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
-        K, device = _shape(G, num_tasks, losses, device)
+    def weights(self, G, ctx):
+        K, device = ctx.num_tasks, ctx.device
         if self.s is None:
             self._make(K, device)
         check_num_tasks("UW", self.s.shape[0], K)
         s = self.s.detach().to(device=device, dtype=torch.float64)
         lam = 0.5 * torch.exp(-s)
         if self.lr is not None:
-            if losses is None:
+            if ctx.losses is None:
                 raise ValueError("uw with lr= updates s from the task losses: combine(..., losses=...)")
-            grad = 0.5 - lam * losses.to(device=device, dtype=torch.float64)
+            grad = 0.5 - lam * ctx.losses.to(device=device, dtype=torch.float64)
             with torch.no_grad():
                 self.s.sub_((self.lr * grad).to(device=self.s.device, dtype=self.s.dtype))
         return lam
 
 
-class DWA(Method):
+@register_method
+class DWA(GramMethod):
     """Dynamic weight average (Liu, Johns, Davison, CVPR 2019 "MTAN"). Loss-only, no Gram pass.
 
     ``r_i = L̄_i(e−1) / L̄_i(e−2)`` with ``L̄`` the epoch-averaged training losses (averaged over the
@@ -135,13 +137,13 @@ class DWA(Method):
     def _softmax_weights(self, r: torch.Tensor) -> torch.Tensor:
         return r.shape[0] * torch.softmax(r / self.temperature, 0)
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
-        if losses is None:
+    def weights(self, G, ctx):
+        if ctx.losses is None:
             raise ValueError("dwa needs the task losses: combine(..., losses=...)")
-        K, device = _shape(G, num_tasks, losses, device)
+        K, device = ctx.num_tasks, ctx.device
         check_num_tasks("DWA", self._K, K)
         self._K = K
-        losses = losses.to(device=device, dtype=torch.float64)
+        losses = ctx.losses.to(device=device, dtype=torch.float64)
         if self.window is not None:
             n = self.window
             if self._costs is None:
@@ -161,7 +163,8 @@ class DWA(Method):
         return self._softmax_weights(prev1 / prev2.clamp_min(1e-12))
 
 
-class RLW(Method):
+@register_method
+class RLW(GramMethod):
     """Random loss weighting (Lin et al., TMLR 2022): ``λ = softmax(z)``, ``z ~ N(0, I_K)`` per call.
 
     ``z`` is drawn from ``generator`` on the generator's own device and moved to the tasks' device
@@ -172,8 +175,8 @@ class RLW(Method):
     name = "rlw"
     requires_gram = False
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
-        K, device = _shape(G, num_tasks, losses, device)
-        gen_device = generator.device if generator is not None else device
-        z = torch.randn(K, generator=generator, device=gen_device, dtype=torch.float64).to(device)
+    def weights(self, G, ctx):
+        K, device = ctx.num_tasks, ctx.device
+        gen_device = ctx.generator.device if ctx.generator is not None else device
+        z = torch.randn(K, generator=ctx.generator, device=gen_device, dtype=torch.float64).to(device)
         return torch.softmax(z, 0)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import torch
 
-from .base import Method, check_choice, symmetric64
+from .base import GramMethod
+from .common import check_choice, symmetric64
+from .registry import register_method
 from ..solvers import min_norm_simplex
 
 _NORMALIZATIONS = ("none", "l2", "loss", "loss+")
 
 
-class MGDA(Method):
+@register_method
+class MGDA(GramMethod):
     """Minimum-norm point of the convex hull of the task gradients (Sener & Koltun, NeurIPS 2018).
 
     ``w* = argmin_{w∈Δ} wᵀ G̃ w`` with ``G̃ = Γ⁻¹ G Γ⁻¹`` the Gram of the normalised gradients
@@ -29,16 +32,16 @@ class MGDA(Method):
         check_choice("normalization", normalization, _NORMALIZATIONS)
         self.normalization = normalization
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
+    def weights(self, G, ctx):
         G = symmetric64(G)
         if self.normalization != "none":
-            if self.normalization.startswith("loss") and losses is None:
+            if self.normalization.startswith("loss") and ctx.losses is None:
                 raise ValueError(f"MGDA normalization={self.normalization!r} needs the task losses")
             gamma = torch.ones(G.shape[0], dtype=G.dtype, device=G.device)
             if self.normalization in ("l2", "loss+"):
                 gamma = gamma * torch.sqrt(torch.diagonal(G).clamp_min(0))
             if self.normalization in ("loss", "loss+"):
-                gamma = gamma * losses.to(G)
+                gamma = gamma * ctx.losses.to(G)
             gamma = torch.where(gamma.abs() > 1e-300, gamma, torch.ones_like(gamma))
             G = G / (gamma[:, None] * gamma[None, :])
         return min_norm_simplex(G)

@@ -7,12 +7,15 @@ from typing import Optional
 
 import torch
 
-from .base import Method, check_positive, symmetric64
-from .famo import check_num_tasks
+from .base import GramMethod
+from .common import check_positive, symmetric64
+from .registry import register_method
+from .common import check_num_tasks
 from ..solvers import nash_weights
 
 
-class NashMTL(Method):
+@register_method
+class NashMTL(GramMethod):
     """Nash bargaining solution (Navon et al., ICML 2022), on the Gram matrix.
 
     ``α > 0`` with ``α_i (Gα)_i = 1`` for every task, ``d = Σ α_i g_i``; solved on the device by
@@ -74,7 +77,7 @@ class NashMTL(Method):
         """The last solved (unclipped) ``α``."""
         return self._alpha
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
+    def weights(self, G, ctx):
         G = symmetric64(G)
         K = G.shape[0]
         check_num_tasks("NashMTL", None if self._alpha is None else self._alpha.shape[0], K)

@@ -7,11 +7,14 @@ from typing import Optional
 
 import torch
 
-from .base import Method, check_choice, check_main_task, check_positive, symmetric64
-from .famo import AdamState, check_num_tasks
+from .base import GramMethod
+from .common import check_choice, check_main_task, check_positive, symmetric64
+from .registry import register_method
+from .common import AdamState, check_num_tasks
 
 
-class OLAUX(Method):
+@register_method
+class OLAUX(GramMethod):
     """Online auxiliary-task weighting (Lin et al., NeurIPS 2019, Algorithm 1), on the Gram matrix.
 
     Total loss ``ℓ_main + Σ_{k≠main} w_k ℓ_k``; the weights follow the gradient of the main loss
@@ -75,7 +78,7 @@ class OLAUX(Method):
         """The current weights (``1`` at the main task)."""
         return self._w
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
+    def weights(self, G, ctx):
         G = symmetric64(G)
         K = G.shape[0]
         m = check_main_task(self.main_task, K)

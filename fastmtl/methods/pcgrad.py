@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from .base import Method, check_choice, check_positive, symmetric64
+from .base import GramMethod
+from .common import check_choice, check_positive, symmetric64
+from .registry import register_method
 from .ordering import random_task_orders
 
 
-class PCGrad(Method):
+@register_method
+class PCGrad(GramMethod):
     """Project conflicting gradients (Yu et al., NeurIPS 2020, Algorithm 1), in Gram space.
 
     Paper form: for each task ``i``, ``p_i = g_i``; for every other task ``j`` in a random order
@@ -31,6 +34,7 @@ class PCGrad(Method):
     """
 
     name = "pcgrad"
+    head_weighting = "sum"  # the official code: heads get their own task's gradient
 
     def __init__(self, shuffle: bool = True, reduction: str = "sum", eps: float = 1e-8):
         check_choice("reduction", reduction, ("sum", "mean"))
@@ -39,10 +43,10 @@ class PCGrad(Method):
         self.reduction = reduction
         self.eps = check_positive("eps", eps)
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
+    def weights(self, G, ctx):
         G = symmetric64(G)
         K = G.shape[0]
-        orders = random_task_orders(K, generator=generator, device=G.device, shuffle=self.shuffle)
+        orders = random_task_orders(K, generator=ctx.generator, device=G.device, shuffle=self.shuffle)
         C = project_conflicts(G, orders, self.eps)
         lam = C.sum(0)
         return lam / K if self.reduction == "mean" else lam

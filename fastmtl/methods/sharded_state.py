@@ -22,32 +22,12 @@ DCP's own ``Missing key in checkpoint state_dict: ….shard<r>`` for the ranks i
 from __future__ import annotations
 
 import io
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Optional
 
 import torch
 
+from ..collectives import group_position
 from .state import STATE_VERSION, collect, load as load_flat
-
-
-def group_position(process_group: Any) -> Tuple[int, int]:
-    """``(rank, world size)`` of this process in ``process_group`` (a group or a 1-D mesh)."""
-    import torch.distributed as dist
-
-    from ..distributed import resolve_group
-    group = resolve_group(process_group)
-    return dist.get_rank(group), dist.get_world_size(group)
-
-
-def all_reduce_sum(values: torch.Tensor, process_group: Any, what: str) -> torch.Tensor:
-    """``values`` summed over the ranks (float64), through fastmtl's fault-reporting collective."""
-    import torch.distributed as dist
-
-    from .._dist_checks import collective
-    from ..distributed import resolve_group
-    group = resolve_group(process_group)
-    buf = values.to(torch.float64).contiguous()
-    collective(what, group, dist.all_reduce, buf, op=dist.ReduceOp.SUM, group=group)
-    return buf
 
 
 def record(method: Any, process_group: Any) -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import torch
 
-from .base import Method
+from .base import GramMethod
+from .registry import register_method
 
 
-class Mean(Method):
+@register_method
+class Mean(GramMethod):
     """Uniform weighting ``λ_k = 1/K``: gradient of the mean loss. No Gram matrix is computed."""
 
     uses_generator = False
@@ -15,12 +17,13 @@ class Mean(Method):
     name = "mean"
     requires_gram = False
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
-        K, device = _shape(G, num_tasks, losses, device)
+    def weights(self, G, ctx):
+        K, device = ctx.num_tasks, ctx.device
         return torch.full((K,), 1.0 / K, dtype=torch.float64, device=device)
 
 
-class Sum(Method):
+@register_method
+class Sum(GramMethod):
     """Unit weighting ``λ_k = 1``: gradient of the summed loss. No Gram matrix is computed."""
 
     uses_generator = False
@@ -28,17 +31,7 @@ class Sum(Method):
     name = "sum"
     requires_gram = False
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
-        K, device = _shape(G, num_tasks, losses, device)
+    def weights(self, G, ctx):
+        K, device = ctx.num_tasks, ctx.device
         return torch.ones(K, dtype=torch.float64, device=device)
 
-
-def _shape(G, num_tasks, losses, device=None):
-    """``(K, device)`` for methods that may run without a Gram matrix."""
-    if G is not None:
-        return G.shape[0], G.device
-    if num_tasks is None:
-        raise ValueError("the number of tasks is unknown: pass G or num_tasks")
-    if device is None:
-        device = losses.device if losses is not None else torch.device("cpu")
-    return num_tasks, torch.device(device)

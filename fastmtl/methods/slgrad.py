@@ -7,13 +7,13 @@ from typing import Optional
 
 import torch
 
-from ..gradients import single_structure
-from ..ops.primitives import weighted_sum_of
-from ..gradients import accumulate_dtype
-from .base import Method, check_choice
+from .base import Direction, DirectionMethod
+from .common import check_choice, warn_instance_reference
+from .registry import register_method
 
 
-class SLGrad(Method):
+@register_method
+class SLGrad(DirectionMethod):
     """Sample-level weights from a main-task validation gradient (SLGrad).
 
     Rows of the input are (task, sample) pairs: ``g_{t,e} = ∇_shared ℓ_{t,e}``, the gradient of
@@ -43,7 +43,8 @@ class SLGrad(Method):
     is a trainer-level choice, not part of this rule.
 
     Args:
-        reference: ``v``, in the structure of one row (alias ``val_grad``).
+        reference: deprecated here: pass ``v`` to the call, ``combine(..., reference=v)`` (an
+            instance built with it uses it when the call passes none). Alias ``val_grad``.
         num_samples: ``B``; default: all rows are samples of one task (``K = 1``).
         scale: ``"paper_code"`` or ``"convex"``.
         higher_is_better: flip the sign of ``a`` (``v`` is the gradient of a metric to increase).
@@ -52,9 +53,7 @@ class SLGrad(Method):
     uses_generator = False
 
     name = "slgrad"
-    requires_gram = False
     uses_reference = True
-    gram_free_direction = True
 
     def __init__(self, reference=None, num_samples: Optional[int] = None, scale: str = "paper_code",
                  higher_is_better: bool = False, val_grad=None):
@@ -64,7 +63,10 @@ class SLGrad(Method):
         if num_samples is not None and (not isinstance(num_samples, int) or isinstance(num_samples, bool)
                                         or num_samples < 1):
             raise ValueError(f"num_samples must be a positive int, got {num_samples!r}")
-        self.reference = reference if reference is not None else val_grad
+        reference = reference if reference is not None else val_grad
+        if reference is not None:
+            warn_instance_reference("SLGrad")
+        self.reference = reference
         self.num_samples = num_samples
         self.scale = scale
         self.higher_is_better = bool(higher_is_better)
@@ -87,39 +89,10 @@ class SLGrad(Method):
         W = torch.where(ok, w / torch.where(ok, Z, torch.ones_like(Z)), torch.zeros_like(w))
         return W / B if self.scale == "paper_code" else W
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
-        if reference_dots is None:
-            raise ValueError("slgrad needs the dot products ⟨g_{t,e}, v⟩ with a validation gradient v: pass "
-                             "reference=v (one row's structure) to combine")
-        return self.coefficients(reference_dots)
-
-    def direction(self, tg, *, losses=None, generator=None, out=None, backend=None):
-        if self.reference is None:
+    def direction(self, engine, ctx):
+        reference = ctx.reference
+        if reference is None:
             raise ValueError("slgrad needs a main-task validation gradient: combine(per_sample_grads, "
                              "method='slgrad', reference=v, num_samples=B)")
-        ref = single_structure(self.reference, tg, "reference")
-        dots = reference_dots(tg, ref)
-        lam = self.coefficients(dots)
-        return weighted_sum_of(tg, lam, out, backend), lam, None
-
-
-def reference_dots(tg, ref) -> torch.Tensor:
-    """``a_n = ⟨g_n, v⟩`` for every row ``n`` of ``tg`` (float32 accumulation, float64 for float64)."""
-    N = tg.num_tasks
-    acc = accumulate_dtype(tg.dtype)
-    if tg.matrix is not None:
-        return (tg.matrix.to(acc) @ ref[0].to(acc)) if tg.matrix.dtype != acc else tg.matrix @ ref[0]
-    a = torch.zeros(N, dtype=acc, device=tg.device)
-    for p in range(tg.num_params):
-        v = ref[p]
-        present = tg.present(p)
-        if v is None or not present:
-            continue
-        views = tg.flat_views(p)
-        M = torch.stack([views[n] for n in present])
-        dots = M.to(acc) @ v.reshape(-1).to(acc)
-        if len(present) == N:
-            a.add_(dots)
-        else:
-            a.index_add_(0, torch.tensor(present, device=tg.device), dots)
-    return a
+        lam = self.coefficients(engine.dots(reference))
+        return Direction(engine.weighted_sum(lam), lam)

@@ -54,7 +54,7 @@ def _encode(v: Any) -> Any:
 
 
 def _attrs(obj: Any) -> tuple:
-    # combine() records the task count on a stateful instance (fastmtl/api.py): state as well.
+    # The pipeline records the task count on a stateful instance (Method.record_num_tasks): state as well.
     extra = ("_fastmtl_num_tasks",) if getattr(obj, "stateful", False) is True else ()
     return tuple(type(obj)._state_attrs) + extra
 

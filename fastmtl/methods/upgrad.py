@@ -7,7 +7,9 @@ from typing import Optional, Sequence
 
 import torch
 
-from .base import Method, check_positive, symmetric64
+from .base import GramMethod
+from .common import check_positive, symmetric64
+from .registry import register_method
 from ..solvers import project_dual_cone
 
 
@@ -20,8 +22,9 @@ def _preference(pref, K: int, device) -> torch.Tensor:
     return p
 
 
-class _DualCone(Method):
+class _DualCone(GramMethod):
     uses_generator = False
+    head_weighting = "sum"  # TorchJD's mtl_backward: heads get their own task's gradient
 
     def __init__(self, pref: Optional[Sequence[float]] = None, reg_eps: float = 1e-4,
                  norm_eps: float = 1e-4, iterations: Optional[int] = None):
@@ -35,6 +38,7 @@ class _DualCone(Method):
         self.iterations = iterations
 
 
+@register_method
 class UPGrad(_DualCone):
     """Unconflicting projection of gradients (Quinton & Rey, 2024).
 
@@ -48,7 +52,7 @@ class UPGrad(_DualCone):
 
     name = "upgrad"
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
+    def weights(self, G, ctx):
         G = symmetric64(G)
         K = G.shape[0]
         targets = torch.eye(K, dtype=G.dtype, device=G.device)
@@ -57,6 +61,7 @@ class UPGrad(_DualCone):
         return _preference(self.pref, K, G.device) @ V
 
 
+@register_method
 class DualProj(_DualCone):
     """Projection of the preference-weighted average gradient onto the dual cone (TorchJD).
 
@@ -66,7 +71,7 @@ class DualProj(_DualCone):
 
     name = "dualproj"
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
+    def weights(self, G, ctx):
         G = symmetric64(G)
         K = G.shape[0]
         target = _preference(self.pref, K, G.device)[None, :]

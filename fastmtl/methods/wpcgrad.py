@@ -7,11 +7,14 @@ from typing import Optional, Sequence
 
 import torch
 
-from .base import Method, check_choice, check_positive, symmetric64
+from .base import GramMethod
+from .common import check_choice, check_positive, symmetric64
+from .registry import register_method
 from .ordering import plackett_luce_order
 
 
-class WeightedPCGrad(Method):
+@register_method
+class WeightedPCGrad(GramMethod):
     """Gradient projection with task-priority projection probabilities (reconstructed).
 
     The paper turns task priorities into a probability distribution ``p`` over tasks that decides
@@ -38,6 +41,7 @@ class WeightedPCGrad(Method):
     """
 
     name = "wpcgrad"
+    head_weighting = "sum"  # as PCGrad: heads get their own task's gradient
     uses_losses = True
     stateful = True
     _state_attrs = ("_epoch_sum", "_epoch_count", "_previous_epoch")
@@ -78,14 +82,14 @@ class WeightedPCGrad(Method):
         # Clamp: a zero or negative loss must not make the distribution undefined.
         return source.to(device).clamp_min(1e-12) ** self.gamma
 
-    def weights(self, G, *, losses=None, generator=None, reference_dots=None, num_tasks=None, device=None):
+    def weights(self, G, ctx):
         G = symmetric64(G)
         K = G.shape[0]
-        priorities = self.task_priorities(K, losses, G.device)  # validates K before any state changes
-        if losses is not None:
-            self._epoch_sum = losses.detach() if self._epoch_sum is None else self._epoch_sum + losses.detach()
+        priorities = self.task_priorities(K, ctx.losses, G.device)  # validates K before any state changes
+        if ctx.losses is not None:
+            self._epoch_sum = ctx.losses.detach() if self._epoch_sum is None else self._epoch_sum + ctx.losses.detach()
             self._epoch_count += 1
-        order = plackett_luce_order(priorities, generator=generator)
+        order = plackett_luce_order(priorities, generator=ctx.generator)
         lam_in_order = priority_projection(G[order][:, order], self.project_against, self.eps)
         lam = torch.empty_like(lam_in_order)
         lam[order] = lam_in_order

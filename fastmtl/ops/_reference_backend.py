@@ -2,7 +2,7 @@
 
 from ..gradients import SUPPORTED_DTYPES
 from ..reference.graddrop import graddrop_ref
-from ..reference.primitives import gramian_ref, weighted_sum_ref
+from ..reference.primitives import dots_ref, gramian_ref, weighted_sum_ref
 from .registry import Backend, register_backend
 
 register_backend(Backend(
@@ -13,5 +13,6 @@ register_backend(Backend(
     # Fixed-order loops and BLAS calls; bitwise repeatable for a fixed shape, device and thread count.
     deterministic=True,
     probe=lambda: None,
-    implementations={"gramian": gramian_ref, "weighted_sum": weighted_sum_ref, "graddrop": graddrop_ref},
+    implementations={"gramian": gramian_ref, "weighted_sum": weighted_sum_ref, "graddrop": graddrop_ref,
+                     "dots": dots_ref},
 ))

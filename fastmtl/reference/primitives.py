@@ -106,3 +106,29 @@ def emit(d: torch.Tensor, shape, dtype: torch.dtype, target: Optional[torch.Tens
         return d.to(dtype).view(shape)
     target.copy_(d.view(shape))
     return target
+
+
+def dots_ref(tg: TaskGradients, reference: tuple) -> torch.Tensor:
+    """``a_k = ⟨g_k, v⟩`` for every row ``k`` of ``tg`` (float32 accumulation, float64 for float64).
+
+    ``reference`` is ``v`` as P per-parameter entries (``None`` = zeros). One pass over the rows,
+    not a Gram of the rows with ``v`` appended.
+    """
+    N = tg.num_tasks
+    acc = accumulate_dtype(tg.dtype)
+    if tg.matrix is not None:
+        return tg.matrix.to(acc) @ reference[0].to(acc)
+    a = torch.zeros(N, dtype=acc, device=tg.device)
+    for p in range(tg.num_params):
+        v = reference[p]
+        present = tg.present(p)
+        if v is None or not present:
+            continue
+        views = tg.flat_views(p)
+        M = torch.stack([views[n] for n in present])
+        dots = M.to(acc) @ v.reshape(-1).to(acc)
+        if len(present) == N:
+            a.add_(dots)
+        else:
+            a.index_add_(0, torch.tensor(present, device=tg.device), dots)
+    return a

@@ -11,36 +11,32 @@ from typing import Any, Optional, Sequence
 
 import torch
 
-from ..api import CombineInfo, _check_num_tasks, _method_weights, combine
-from ..methods import METHODS, Method, make_method
+from ..methods import METHODS, Method, make_method, method_class
 from ..methods.slgrad import SLGrad
-from ..ops import weighted_sum
-from .task_autograd import _loss_list, _param_list, task_gradients
+from ..pipeline import CombineInfo, prepare, run
+from .task_autograd import loss_list as as_loss_list, param_list, task_gradients
 
 __all__ = ["backward", "head_weighting", "UNWEIGHTED_HEAD_METHODS"]
 
+def _unweighted_head_methods() -> frozenset:
+    return frozenset(name for name, cls in METHODS.items() if cls.head_weighting == "sum")
+
+
 #: Methods whose reference implementations give every task-specific (head) parameter the plain,
-#: unweighted gradient of its own task (``Σ_k ℓ_k`` restricted to the heads): the gradient-surgery
-#: family, whose combination is not a loss weighting (PCGrad and CAGrad official codes, GradDrop,
-#: GradVac, weighted PCGrad, ConFIG), LibMTL's gradient-method convention (DB-MTL) and TorchJD's
-#: ``mtl_backward`` (UPGrad, DualProj). Every other method is a loss weighting (mean, sum, MGDA,
-#: IMTL-G, Aligned-MTL, Nash-MTL, HydaLearn, OL-AUX, GradNorm, FAMO, UW, DWA, RLW, GeMTL, ...), and
+#: unweighted gradient of its own task (``Σ_k ℓ_k`` restricted to the heads): the classes that
+#: declare ``head_weighting = "sum"`` — the gradient-surgery family (PCGrad and CAGrad official
+#: codes, GradDrop, GradVac, weighted PCGrad, ConFIG), LibMTL's gradient-method convention (DB-MTL)
+#: and TorchJD's ``mtl_backward`` (UPGrad, DualProj). Every other method is a loss weighting and
 #: its heads get ``Σ_k λ_k ℓ_k``, the convention of the reference implementations.
-UNWEIGHTED_HEAD_METHODS = frozenset({"pcgrad", "wpcgrad", "cagrad", "graddrop", "gradvac", "config", "db_mtl",
-                                     "upgrad", "dualproj"})
+UNWEIGHTED_HEAD_METHODS = _unweighted_head_methods()
 
 
 def head_weighting(method: Any) -> str:
-    """``"weighted"`` (heads get ``Σ λ_k ℓ_k``) or ``"sum"`` (plain per-task gradients) for a method.
-
-    A method class may declare its own convention with a ``head_weighting`` class attribute;
-    otherwise :data:`UNWEIGHTED_HEAD_METHODS` lists the ``"sum"`` methods.
-    """
-    declared = getattr(method, "head_weighting", None)
-    if declared is not None:
-        return declared
-    name = method if isinstance(method, str) else getattr(method, "name", "")
-    return "sum" if name.lower().replace("-", "_") in UNWEIGHTED_HEAD_METHODS else "weighted"
+    """``"weighted"`` (heads get ``Σ λ_k ℓ_k``) or ``"sum"`` (plain per-task gradients) for a method:
+    its class's ``head_weighting`` attribute (a name, class or instance)."""
+    if isinstance(method, str):
+        return method_class(method).head_weighting
+    return getattr(method, "head_weighting", "weighted")
 
 
 def _accepts(cls, name: str) -> bool:
@@ -109,9 +105,9 @@ def backward(losses: Any, shared_params: Any, method: Any = "mean", *, main_task
     SLGrad weights (task, sample) pairs and needs per-sample losses: use :func:`slgrad_step`.
     No host synchronisation happens here (unless the method itself synchronises).
     """
-    loss_list = _loss_list(losses)
-    shared = _param_list(shared_params, "shared_params")
-    heads = _param_list(head_params, "head_params")
+    loss_list = as_loss_list(losses)
+    shared = param_list(shared_params, "shared_params")
+    heads = param_list(head_params, "head_params")
     if not shared:
         raise ValueError("shared_params is empty")
     shared_ids = {id(p) for p in shared}
@@ -122,8 +118,7 @@ def backward(losses: Any, shared_params: Any, method: Any = "mean", *, main_task
         raise ValueError(f"head_weighting must be 'auto', 'weighted' or 'sum', got {head_weighting!r}")
 
     # The method, configured before any gradient is computed so that bad arguments fail early.
-    instance = isinstance(method, Method)
-    if instance:
+    if isinstance(method, Method):
         if hyperparameters:
             raise TypeError(f"hyper-parameters {sorted(hyperparameters)} were given with a method instance; "
                             "set them in its constructor")
@@ -135,12 +130,10 @@ def backward(losses: Any, shared_params: Any, method: Any = "mean", *, main_task
                 raise ValueError(f"main_task={main_task} differs from the method instance's "
                                  f"main_task={method.main_task}")
     else:
-        if isinstance(method, str):
-            cls = _method_class(method)
-        elif isinstance(method, type) and issubclass(method, Method):
+        if isinstance(method, type) and issubclass(method, Method):
             cls = method
         else:
-            raise TypeError(f"method must be a name or a fastmtl.methods.Method instance, got {type(method).__name__}")
+            cls = method_class(method)
         if main_task is not None:
             if not _accepts(cls, "main_task"):
                 raise TypeError(f"method {cls.name!r} has no main task; do not pass main_task")
@@ -148,49 +141,22 @@ def backward(losses: Any, shared_params: Any, method: Any = "mean", *, main_task
     if issubclass(cls, SLGrad):
         raise TypeError("SLGrad weights (task, sample) pairs: use fastmtl.training.slgrad_step (or "
                         "fastmtl.combine on per-sample gradients), not fastmtl.backward")
-    if reference_grad is not None and not getattr(cls, "uses_reference", False):
+    if reference_grad is not None and not cls.uses_reference:
         raise TypeError(f"method {getattr(cls, 'name', cls.__name__)!r} does not use a reference gradient")
+    m = make_method(method, dict(hyperparameters))
 
     need_heads = any(True for _ in heads)
     grads = task_gradients(loss_list, shared, batched=batched, retain_graph=retain_graph or need_heads)
     K, P = len(grads), len(shared)
     touched = [any(grads[k][p] is not None for k in range(K)) for p in range(P)]
     loss_vec = torch.stack([l.detach().to(torch.float64) for l in loss_list])
-
-    m = method if instance else None
-    saved_reference = None
-    if reference_grad is not None:
-        ref = _reference_for(reference_grad, shared, touched)
-        if instance:
-            saved_reference = method.reference
-            method.reference = ref
-        else:
-            hyperparameters = dict(hyperparameters, reference=ref)
-    if m is None:
-        m = make_method(method, dict(hyperparameters))
+    reference = None if reference_grad is None else _reference_for(reference_grad, shared, touched)
 
     # Output buffers: a fresh buffer becomes .grad; an existing .grad gets the direction added.
     bufs = [torch.empty_like(p) if touched[p_i] else None for p_i, p in enumerate(shared)]
-    try:
-        convention = head_weighting if head_weighting != "auto" else _head_convention(m)
-        if not return_info and not m.requires_gram and not m.gram_free_direction:
-            # Loss-only weighting: λ without a Gram pass (which combine(return_info=True) would
-            # add), then one weighted sum — the same steps as combine.
-            _check_num_tasks(m, K)
-            lam = _method_weights(m, None, losses=loss_vec, generator=generator, reference_dots=None, num_tasks=K,
-                                  check_finite=False, device=shared[0].device)
-            weighted_sum(grads, lam, out=bufs, backend=backend)
-            info = None
-        elif not return_info and not (need_heads and convention == "weighted"):
-            combine(grads, m, losses=loss_vec, generator=generator, backend=backend, out=bufs)
-            info = lam = None
-        else:
-            _, info = combine(grads, m, losses=loss_vec, generator=generator, backend=backend, out=bufs,
-                              return_info=True)
-            lam = info.weights
-    finally:
-        if instance and reference_grad is not None:
-            method.reference = saved_reference
+    call = prepare(grads, m, {}, losses=loss_vec, reference=reference, out=bufs, generator=generator,
+                   backend=backend)
+    outcome = run(call, need_info=return_info)
     for p, buf in zip(shared, bufs):
         if buf is None:
             continue
@@ -200,8 +166,10 @@ def backward(losses: Any, shared_params: Any, method: Any = "mean", *, main_task
             p.grad.add_(buf)
 
     if need_heads:
+        convention = head_weighting if head_weighting != "auto" else m.head_weighting
         active = [k for k, l in enumerate(loss_list) if l.requires_grad]
         if convention == "weighted":
+            lam = outcome.weights
             if lam is None:
                 raise ValueError(f"method {m.name!r} returns no weights λ; pass head_weighting='sum'")
             cot = [lam[k].to(dtype=loss_list[k].dtype, device=loss_list[k].device) for k in active]
@@ -209,15 +177,4 @@ def backward(losses: Any, shared_params: Any, method: Any = "mean", *, main_task
             cot = [torch.ones_like(loss_list[k]) for k in active]
         torch.autograd.backward([loss_list[k] for k in active], grad_tensors=cot, inputs=heads,
                                 retain_graph=retain_graph)
-    return info if return_info else None
-
-
-def _method_class(name: str):
-    key = name.lower().replace("-", "_")
-    if key not in METHODS:
-        make_method(name, {})  # raises the registry's error (with close matches)
-    return METHODS[key]
-
-
-def _head_convention(m: Method) -> str:
-    return head_weighting(m)
+    return outcome.info() if return_info else None

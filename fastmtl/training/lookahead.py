@@ -7,8 +7,9 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 
+from ..methods import Context
 from ..methods.hydalearn import HydaLearn
-from .task_autograd import _param_list
+from .task_autograd import param_list
 
 __all__ = ["hydalearn_lookahead_weights", "LookaheadResult"]
 
@@ -99,7 +100,7 @@ def hydalearn_lookahead_weights(params: Any, optimizer: Optional[torch.optim.Opt
             tensor), e.g. the main-task loss or AUC on the minibatch or a validation batch.
         lr: learning rate of the fake step (required without an optimizer).
     """
-    plist = _param_list(params, "params")
+    plist = param_list(params, "params")
     if optimizer is None and lr is None:
         raise ValueError("pass an optimizer or a learning rate lr for the fake steps")
     K = len(task_grads)
@@ -166,5 +167,6 @@ def hydalearn_lookahead_weights(params: Any, optimizer: Optional[torch.optim.Opt
     metrics_t = torch.stack(metrics)
     gains = sign * (metrics_t - base)
     rule = HydaLearn(main_task=main_task, normalize=normalize, fallback=fallback)
-    weights = rule.weights(torch.zeros(K, K, dtype=torch.float64), reference_dots=gains, num_tasks=K)
+    G = torch.zeros(K, K, dtype=torch.float64, device=gains.device)
+    weights = rule.weights(G, Context(num_tasks=K, device=gains.device, reference_dots=gains))
     return LookaheadResult(weights=weights, gains=gains, base_metric=base, metrics=metrics_t)

@@ -8,7 +8,7 @@ from typing import Any, Callable, List, Optional
 import torch
 
 from ..methods.slgrad import SLGrad
-from .task_autograd import _param_list
+from .task_autograd import param_list
 
 __all__ = ["slgrad_step", "SLGradStepInfo"]
 
@@ -125,7 +125,7 @@ def slgrad_step(model_fn: Any, per_sample_losses_fn: Callable, val_loss_fn: Opti
         prev_weights: ``W'`` of the look-ahead step, ``[K, B']`` with ``B' ≥ B`` (``lookahead``
             only).
     """
-    shared = _param_list(shared_params, "shared_params")
+    shared = param_list(shared_params, "shared_params")
     if not shared:
         raise ValueError("shared_params is empty")
     if method is None:

@@ -20,7 +20,7 @@ BATCHED_AUTO_MAX_ELEMENTS = 1 << 22
 _BATCHED_FAILED: set = set()
 
 
-def _loss_list(losses: Any) -> List[torch.Tensor]:
+def loss_list(losses: Any) -> List[torch.Tensor]:
     if isinstance(losses, torch.Tensor):
         if losses.dim() > 1:
             raise ValueError(f"losses must be K scalar losses or a [K] tensor, got shape {tuple(losses.shape)}")
@@ -39,7 +39,7 @@ def _loss_list(losses: Any) -> List[torch.Tensor]:
     return out
 
 
-def _param_list(params: Any, what: str) -> List[torch.Tensor]:
+def param_list(params: Any, what: str) -> List[torch.Tensor]:
     if params is None:
         return []
     if isinstance(params, torch.nn.Module):
@@ -97,8 +97,8 @@ def task_gradients(losses: Any, params: Any, *, batched: Optional[bool] = None,
             so the loop needs less memory.
         retain_graph: keep the graph after the last call (for more backward passes on it).
     """
-    losses = _loss_list(losses)
-    params = _param_list(params, "params")
+    losses = loss_list(losses)
+    params = param_list(params, "params")
     if not params:
         raise ValueError("params is empty")
     if not any(l.requires_grad for l in losses):

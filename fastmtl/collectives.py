@@ -1,6 +1,7 @@
-"""Faults in the collective path of :mod:`fastmtl.distributed`: clear errors instead of hangs.
+"""The ``torch.distributed`` calls fastmtl makes, and clear errors instead of hangs when they fail.
 
-Two mechanisms:
+:func:`resolve_group` and :func:`all_reduce_sum` are what the sharded paths (:mod:`fastmtl.distributed`
+and the methods with their own collectives) share. Two mechanisms handle faults:
 
 * :func:`collective` wraps every ``torch.distributed`` call fastmtl makes. When the backend raises
   (gloo: a peer closed its connection because it died, or the process group's timeout expired
@@ -25,7 +26,7 @@ Two mechanisms:
 from __future__ import annotations
 
 import zlib
-from typing import Any, Callable, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
@@ -50,6 +51,33 @@ _FIELDS = {
 _FINGERPRINTS = {8: "a different method", 9: "other parameter shapes (after the first, sharded, dimension; "
                                             "all dimensions for ddp_combine)"}
 _FLAG_NAMES = ((0, "Gram"), (1, "losses"), (2, "random state"), (3, "reference gradient"))
+
+
+def resolve_group(process_group: Any):
+    """The ``ProcessGroup`` behind ``process_group`` (a group, or a 1-D ``DeviceMesh``)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        raise RuntimeError("process_group was given but torch.distributed is not initialised; call "
+                           "torch.distributed.init_process_group() first")
+    if hasattr(process_group, "get_group") and hasattr(process_group, "ndim"):  # a DeviceMesh
+        if process_group.ndim != 1:
+            raise ValueError(f"process_group is a {process_group.ndim}-D DeviceMesh; pass the group of the "
+                             "dimension the gradients are sharded over, e.g. mesh.get_group('shard') for HSDP")
+        return process_group.get_group()
+    return process_group
+
+
+def group_position(process_group: Any) -> Tuple[int, int]:
+    """``(rank, world size)`` of this process in ``process_group`` (a group or a 1-D mesh)."""
+    group = resolve_group(process_group)
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def all_reduce_sum(values: torch.Tensor, process_group: Any, what: str) -> torch.Tensor:
+    """``values`` summed over the ranks (in float64), through the fault-reporting :func:`collective`."""
+    group = resolve_group(process_group)
+    buf = values.to(torch.float64).contiguous()
+    collective(what, group, dist.all_reduce, buf, op=dist.ReduceOp.SUM, group=group)
+    return buf
 
 
 def collective(what: str, group, fn: Callable, /, *args: Any, **kwargs: Any):
@@ -161,9 +189,7 @@ def report_failure(group, exc: BaseException, device: Optional[torch.device] = N
     ranks raise at once; the caller re-raises ``exc``. Errors of the exchange itself are dropped
     (the original exception is the one that matters here)."""
     try:
-        from .distributed import resolve_group  # a group or a 1-D DeviceMesh
-
-        group = resolve_group(group)
+        group = resolve_group(group)  # a group or a 1-D DeviceMesh
         _all_gather(group, _failure_signature(exc), exchange_device(group, device), what)
     except Exception:
         pass
