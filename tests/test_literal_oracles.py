@@ -154,7 +154,7 @@ def test_cagrad_maximises_worst_improvement_in_ball(family, K, c):
     assert abs(float((d - g0).norm() - R)) <= 1e-10 * float(R) + 1e-300   # on the sphere
     best = float((J @ d).min())
     # strong duality: min_i ⟨g_i, d⟩ equals the dual objective at w*
-    w, _ = L._cagrad_weights(L.gram_literal(J).numpy(), c)
+    w, _ = L.cagrad_weights(L.gram_literal(J).numpy(), c)
     gw = J.T @ torch.from_numpy(w)
     F = float(gw @ g0 + R * gw.norm())
     scale = float(J.norm(dim=1).max() * g0.norm())
@@ -203,7 +203,7 @@ def test_cagrad_matches_tight_slsqp(family, K):
     d = L.cagrad_literal(J, c)
     assert rel(d, d_slsqp, J) < 1e-5
     # the oracle is never worse than SLSQP on the dual objective
-    w_or, F_or = L._cagrad_weights(G, c)
+    w_or, F_or = L.cagrad_weights(G, c)
     assert F_or * (np.trace(G) / K) <= F(res.x) + 1e-12 * abs(F(res.x))
 
 
@@ -245,7 +245,7 @@ def test_mgda_min_norm_certificate(family, K):
     slack = (J @ d) - d @ d
     assert float(slack.min()) >= -1e-9 * rms2
     # and d is in the hull: d = Jᵀw with w on the simplex (checked through the oracle's weights)
-    w = L._min_norm_weights(L.gram_literal(J).numpy())
+    w = L.min_norm_weights(L.gram_literal(J).numpy())
     assert w.min() >= 0 and abs(w.sum() - 1) < 1e-12
     assert rel(J.T @ torch.from_numpy(w), d, J) < 1e-6
 
@@ -278,12 +278,12 @@ def test_mgda_two_tasks_and_normalisations():
     J = rand_J(3)
     J[0] *= 10
     Ju = J / J.norm(dim=1, keepdim=True)
-    w = L._min_norm_weights(L.gram_literal(Ju).numpy())
+    w = L.min_norm_weights(L.gram_literal(Ju).numpy())
     assert rel(L.mgda_literal(J, normalization="l2"), J.T @ torch.from_numpy(w), J) < 1e-12
     losses = torch.tensor([2.0, 0.5, 1.0], dtype=torch.float64)
-    w = L._min_norm_weights(L.gram_literal(J / losses[:, None]).numpy())
+    w = L.min_norm_weights(L.gram_literal(J / losses[:, None]).numpy())
     assert rel(L.mgda_literal(J, normalization="loss", losses=losses), J.T @ torch.from_numpy(w), J) < 1e-12
-    w = L._min_norm_weights(L.gram_literal(Ju / losses[:, None]).numpy())
+    w = L.min_norm_weights(L.gram_literal(Ju / losses[:, None]).numpy())
     assert rel(L.mgda_literal(J, normalization="loss+", losses=losses), J.T @ torch.from_numpy(w), J) < 1e-12
     # equal norms: l2 = none
     assert rel(L.mgda_literal(Ju, normalization="l2"), L.mgda_literal(Ju), Ju) < 1e-12
@@ -346,7 +346,7 @@ def test_upgrad_projections_are_projections(family, K):
     J = make_jacobian(family, K, D, seed=7)
     nrm = J.norm(dim=1)
     targets = [[1.0 if k == i else 0.0 for k in range(K)] for i in range(K)] + [[1.0 / K] * K]
-    ys = L._project_dual_cone(J, targets)
+    ys = L.project_dual_cone(J, targets)
     for t, y in zip(targets, ys):
         x = J.T @ torch.tensor(t, dtype=torch.float64)
         scale = float(x.norm()) + 1e-300
@@ -379,8 +379,8 @@ def test_upgrad_matches_weight_space_quadprog(family, K):
 def test_dual_cone_quadprog_agrees_with_enumeration(family, K):
     J = make_jacobian(family, K, D, seed=9)
     targets = [[1.0 if k == i else 0.0 for k in range(K)] for i in range(K)] + [[1.0 / K] * K]
-    a = L._project_dual_cone(J, targets)
-    b = L._project_dual_cone_enumerated(J, targets)
+    a = L.project_dual_cone(J, targets)
+    b = L.project_dual_cone_enumerated(J, targets)
     for t, ya, yb in zip(targets, a, b):
         x = J.T @ torch.tensor(t, dtype=torch.float64)
         assert float((ya - yb).norm()) <= 1e-7 * float(x.norm()) + 1e-12 * float(J.norm())
