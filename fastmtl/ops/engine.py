@@ -54,8 +54,13 @@ class Engine:
         return self._run("graddrop", "direction", seed, offset, leak, eps, self.targets)
 
     def dots(self, reference: tuple) -> torch.Tensor:
-        """``⟨g_k, v⟩`` for every task ``k`` (``[K]``), ``v`` given as P per-parameter entries."""
-        return self._run("dots", "dots", reference)
+        """``⟨g_k, v⟩`` for every task ``k`` (``[K]``), ``v`` given as P per-parameter entries.
+
+        Only the reference implements it (one pass, a K-vector out); it runs there whatever the
+        call's backend, which still forms the direction."""
+        chosen = select("dots", self.tg, "reference")
+        self._record["dots"] = chosen.name
+        return chosen.implementations["dots"](self.tg, reference)
 
     def restrict(self, params: Sequence[int]) -> "Engine":
         """The engine over the parameters ``params`` only (views; their targets)."""
