@@ -120,7 +120,7 @@ def reduce_shards(tg: TaskGradients, method, process_group: Any, *, losses: Opti
     device = tg.device
     local_losses = losses
 
-    validate = check_finite and not checked  # one more small collective, see fastmtl/_dist_checks.py
+    validate = check_finite and not checked  # one more small collective, see fastmtl/collectives.py
     try:  # this rank's own work; with validate, a failure here is reported to every rank
         pieces = []
         G_local = None
