@@ -134,6 +134,35 @@ class LocalGram:
 LOCAL = LocalGram()
 
 
+
+class ScaledGram:
+    """A source over task gradients that carry a loss scale ``s`` (mixed precision, GradScaler).
+
+    The gradients are ``s·g_k``; the method sees the Gram (and reference dot products) of the
+    unscaled ``g_k`` — ``G/s²`` and ``dots/s``, K×K work, no extra pass — and the weighted sum of the
+    scaled gradients is ``s·d``, which ``GradScaler.step`` unscales (and skips when it is not finite)
+    like any scaled gradient. ``scale`` is a 0-d tensor on the device (no host synchronisation).
+    """
+
+    def __init__(self, inner, scale: torch.Tensor):
+        self.inner = inner
+        self.scale = scale
+        self.process_group = inner.process_group
+
+    def share(self, call: Call, tg: TaskGradients, reference: Optional[tuple], need_gram: bool):
+        G, dots, losses, generator = self.inner.share(call, tg, reference, need_gram)
+        if G is not None:
+            G = G / (self.scale.to(G.dtype) ** 2)
+        if dots is not None:
+            dots = dots / self.scale.to(dots.dtype)
+        return G, dots, losses, generator
+
+    def direction_inputs(self, call: Call):
+        return self.inner.direction_inputs(call)
+
+    def global_gram(self, G: torch.Tensor) -> torch.Tensor:
+        return self.inner.global_gram(G) / (self.scale.to(G.dtype) ** 2)
+
 def gram_of(tg: TaskGradients, backend: Optional[str]) -> torch.Tensor:
     """``J Jᵀ`` of ``tg`` (a K×K zero matrix when ``tg`` holds no parameter, e.g. an empty block)."""
     if tg.num_params == 0:

@@ -13,7 +13,7 @@ import torch
 
 from ..methods import METHODS, Method, make_method, method_class
 from ..methods.slgrad import SLGrad
-from ..pipeline import CombineInfo, prepare, run
+from ..pipeline import LOCAL, CombineInfo, ScaledGram, prepare, run
 from .task_autograd import loss_list as as_loss_list, param_list, task_gradients
 
 __all__ = ["backward", "head_weighting", "UNWEIGHTED_HEAD_METHODS"]
@@ -59,7 +59,7 @@ def _reference_for(reference_grad, shared, touched):
 def backward(losses: Any, shared_params: Any, method: Any = "mean", *, main_task: Optional[int] = None,
              reference_grad: Any = None, head_params: Any = None, generator: Optional[torch.Generator] = None,
              backend: Optional[str] = None, batched: Optional[bool] = None, return_info: bool = True,
-             head_weighting: str = "auto", retain_graph: bool = False,
+             head_weighting: str = "auto", retain_graph: bool = False, grad_scaler: Any = None,
              **hyperparameters: Any) -> Optional[CombineInfo]:
     """Multi-task ``loss.backward()``: combine the task gradients of the shared parameters.
 
@@ -101,6 +101,15 @@ def backward(losses: Any, shared_params: Any, method: Any = "mean", *, main_task
         return_info: return the :class:`fastmtl.CombineInfo` (λ, Gram, cosines); ``False``
             returns ``None`` and lets loss-only methods skip the Gram pass.
         retain_graph: keep the losses' graph afterwards.
+        grad_scaler: a ``torch.amp.GradScaler`` for mixed precision. The task gradients are taken
+            of the scaled losses ``s·ℓ_k`` (so small float16 gradients do not underflow); the method
+            sees the Gram of the unscaled gradients (``G/s²``, no extra pass) and the losses as they
+            are, and ``.grad`` receives the scaled direction ``s·d`` (heads: their scaled
+            gradients) — exactly what ``loss.backward()`` on a scaled loss leaves. Then call
+            ``grad_scaler.step(optimizer)`` and ``grad_scaler.update()`` as usual: a step whose
+            task gradients overflowed gives a non-finite direction, which the scaler skips before
+            lowering the scale. Methods that need the gradients themselves (DB-MTL, GradDrop,
+            per-parameter GradVac) get them unscaled in place first (one extra pass).
 
     SLGrad weights (task, sample) pairs and needs per-sample losses: use :func:`slgrad_step`.
     No host synchronisation happens here (unless the method itself synchronises).
@@ -146,7 +155,14 @@ def backward(losses: Any, shared_params: Any, method: Any = "mean", *, main_task
     m = make_method(method, dict(hyperparameters))
 
     need_heads = any(True for _ in heads)
-    grads = task_gradients(loss_list, shared, batched=batched, retain_graph=retain_graph or need_heads)
+    source, scale = LOCAL, None
+    if grad_scaler is not None:  # mixed precision: gradients of s·ℓ_k, see the docstring
+        scale = grad_scaler.scale(torch.ones((), dtype=torch.float32, device=loss_list[0].device))
+        source = ScaledGram(LOCAL, scale)
+        backprop = [grad_scaler.scale(l) for l in loss_list]
+    else:
+        backprop = loss_list
+    grads = task_gradients(backprop, shared, batched=batched, retain_graph=retain_graph or need_heads)
     K, P = len(grads), len(shared)
     touched = [any(grads[k][p] is not None for k in range(K)) for p in range(P)]
     loss_vec = torch.stack([l.detach().to(torch.float64) for l in loss_list])
@@ -156,7 +172,18 @@ def backward(losses: Any, shared_params: Any, method: Any = "mean", *, main_task
     bufs = [torch.empty_like(p) if touched[p_i] else None for p_i, p in enumerate(shared)]
     call = prepare(grads, m, {}, losses=loss_vec, reference=reference, out=bufs, generator=generator,
                    backend=backend)
-    outcome = run(call, need_info=return_info)
+    if scale is not None and m.computes_direction:  # its own use of the gradients: give it them unscaled
+        inverse = 1.0 / scale
+        for row in grads:
+            for g in row:
+                if g is not None:
+                    g.mul_(inverse.to(g.dtype))
+        outcome = run(call, need_info=return_info)
+        for buf in bufs:
+            if buf is not None:
+                buf.mul_(scale.to(buf.dtype))
+    else:
+        outcome = run(call, source, need_info=return_info)
     for p, buf in zip(shared, bufs):
         if buf is None:
             continue
@@ -172,9 +199,9 @@ def backward(losses: Any, shared_params: Any, method: Any = "mean", *, main_task
             lam = outcome.weights
             if lam is None:
                 raise ValueError(f"method {m.name!r} returns no weights λ; pass head_weighting='sum'")
-            cot = [lam[k].to(dtype=loss_list[k].dtype, device=loss_list[k].device) for k in active]
+            cot = [lam[k].to(dtype=backprop[k].dtype, device=backprop[k].device) for k in active]
         else:
-            cot = [torch.ones_like(loss_list[k]) for k in active]
-        torch.autograd.backward([loss_list[k] for k in active], grad_tensors=cot, inputs=heads,
+            cot = [torch.ones_like(backprop[k]) for k in active]
+        torch.autograd.backward([backprop[k] for k in active], grad_tensors=cot, inputs=heads,
                                 retain_graph=retain_graph)
     return outcome.info() if return_info else None
