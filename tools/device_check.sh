@@ -15,6 +15,8 @@
 #   sweep.png         achieved GB/s against D
 # Environment: PYTHON (default .venv/bin/python, else python3), DEVICE_CHECK_BUDGET (seconds for
 # all stages, default 450), FASTMTL_COMMIT (commit to record where the tree has no .git).
+# Wheels in .whl/ (tools/device_wheels.sh: TorchJD, quadprog) are installed into a temporary folder
+# first, for machines without network.
 # Exit status: 0 when every stage that ran passed; 1 when the build, a test or the sweep failed.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
@@ -23,7 +25,7 @@ DRY=0
 for arg in "$@"; do
     case "$arg" in
         --dry-run) DRY=1 ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
         *) echo "unknown argument: $arg" >&2; exit 2 ;;
     esac
 done
@@ -88,6 +90,19 @@ run_all() {
     say "# fastmtl device check $([ "$DRY" = 1 ] && echo '(dry run, CPU)') on $(hostname), $(date -u '+%Y-%m-%d %H:%M:%S') UTC"
     say "# python: $PY; outputs: $OUT_DIR; budget ${BUDGET} s"
     printf '%-12s | %-34s | %6s | %s\n' stage status time note >"$SUMMARY"
+
+    # 0. carried wheels ---------------------------------------------------------------------------
+    if compgen -G ".whl/*.whl" >/dev/null; then
+        local site="${TMPDIR:-/tmp}/fastmtl-device-site"
+        if [ "$DRY" = 1 ]; then
+            skip wheels "dry run: would install $(ls .whl/*.whl | wc -l) carried wheels into $site"
+        elif stage wheels 60 "carried wheels into $site" "$PY" -m pip install -q --no-index --no-deps --no-compile \
+                --no-cache-dir --upgrade --target "$site" .whl/*.whl; then
+            export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+        fi
+    else
+        skip wheels "none carried (tools/device_wheels.sh fetches TorchJD and quadprog into .whl/)"
+    fi
 
     # 1. environment ------------------------------------------------------------------------------
     if command -v nvidia-smi >/dev/null 2>&1; then
