@@ -56,6 +56,7 @@ def check(model, x, K, way, *, rtol=1e-10):
     L = per_sample(model(x), K)
     losses = L.mean(1)
     hg = task_gramian(losses, hooks)
+    assert not hg.gram.requires_grad  # a statistic: no graph through the activations
     G = task_gram_oracle(losses, params)
     scale = G.abs().max()
     assert (hg.gram - G).abs().max() <= rtol * scale, (hg.gram, G)

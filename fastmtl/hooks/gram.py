@@ -92,9 +92,12 @@ def param_groups(hooks: GramHooks, records: List[CallRecord], per_sample: bool =
 
 
 def _factors(r: CallRecord, D: torch.Tensor):
+    # Detached: the Gram is a statistic of this step, and a graph through the activations would
+    # keep its intermediates alive.
+    x = r.x.detach()
     if r.kind == "linear":
-        return linear_factors(r.x, D, r.module.out_features)
-    return conv2d_factors(r.module, r.x, D)
+        return linear_factors(x, D.detach(), r.module.out_features)
+    return conv2d_factors(r.module, x, D.detach())
 
 
 def _output_gradients(hooks: GramHooks, outputs: torch.Tensor, cotangents: torch.Tensor, edges: List[Any],
