@@ -236,3 +236,58 @@ def test_bad_input():
     with pytest.raises(ValueError, match="no loss requires grad"):
         hooks_backward([l.detach() for l in L], hooks, "mean")
     assert all(p.grad is None for p in [*trunk.parameters(), *heads.parameters()])
+
+
+class _NoVmap(torch.autograd.Function):
+    """tanh whose backward reads a value on the host: the backward cannot be vmapped."""
+
+    @staticmethod
+    def forward(x):
+        return torch.tanh(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        one = float(g.sum()) * 0.0 + 1.0  # .item() under vmap raises
+        return g * (one - y * y)
+
+
+class _Trunk(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(6, 8), nn.Linear(8, 8)
+
+    def forward(self, x):
+        return torch.tanh(self.b(_NoVmap.apply(self.a(x))))
+
+
+def test_a_backward_that_cannot_be_vmapped_falls_back_to_K_passes_with_one_warning():
+    torch.manual_seed(0)
+    trunk = _Trunk().to(F64)
+    heads = make()[1]
+    x, y = data()
+    hooks = GramHooks(trunk)
+    with pytest.warns(RuntimeWarning, match="batched backward pass failed"):
+        info = hooks_backward(losses_of(trunk, heads, x, y), hooks, "mgda", head_params=heads)
+    got = [p.grad.clone() for p in trunk.parameters()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once: the next step goes straight to the loop
+        hooks_backward(losses_of(trunk, heads, x, y), hooks, "mgda")
+    for p in trunk.parameters():
+        p.grad = None
+    ref = fastmtl.backward(losses_of(trunk, heads, x, y), trunk.parameters(), "mgda", batched=False)
+    assert close(info.weights, ref.weights)
+    assert all(close(a, p.grad) for a, p in zip(got, trunk.parameters()))
+
+
+def test_non_finite_gram_gives_nan_weights_not_a_finite_direction():
+    trunk, heads = make()
+    x, y = data()
+    x[0, 0] = float("nan")
+    hooks = GramHooks(trunk[:3])
+    info = hooks_backward(losses_of(trunk, heads, x, y), hooks, "upgrad")
+    assert torch.isnan(info.weights).all()
