@@ -197,3 +197,31 @@ def test_other_bad_arguments():
         representation_backward(losses, z, "hydalearn", shared_params=trunk.parameters(),
                                 reference=[torch.zeros(1)])
     assert untouched(trunk, heads)
+
+
+def test_separate_heads_take_one_pass_each_and_a_common_head_one_batched_pass(monkeypatch):
+    import fastmtl.training as training
+
+    calls = []
+    original = training.task_gradients
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("batched"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(training, "task_gradients", spy)
+    run("mgda")
+    assert calls == [False]  # separate heads
+    trunk, _ = make()
+    head = nn.Linear(4, K).to(F64)  # one head for all tasks
+    x, y = batch()
+    z = trunk(x)
+    out = head(z)
+    losses = [((out[:, k] - y[:, k]) ** 2).mean() for k in range(K)]
+    info = representation_backward(losses, z, "mgda", shared_params=trunk.parameters(), head_params=head)
+    assert calls == [False, None]
+    t2, _ = make()
+    z2 = t2(x)
+    R = torch.stack([torch.autograd.grad(((head(z2)[:, k] - y[:, k]) ** 2).mean(), z2)[0].reshape(-1)
+                     for k in range(K)])
+    assert rel(info.gram.to(F64), R @ R.T) < 1e-12

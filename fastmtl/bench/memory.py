@@ -7,7 +7,8 @@ Model: an MLP trunk of ``depth`` × (Linear(width) + ReLU) on ``width`` inputs, 
 Linear(width, 64) + ReLU + Linear(64, 1), MSE losses, batch ``batch``. A step is
 ``zero_grad(set_to_none=True)``, the forward pass and the multi-task backward.
 
-Peak memory, two independent measurements:
+Peak memory, two independent measurements, both from the state after a step with the ``.grad``
+dropped (model, inputs and targets alive), so that both count the step's new ``.grad`` once:
 
 * ``probe``: :class:`AllocationProbe`, a ``TorchDispatchMode`` that adds the bytes of every new
   storage an ATen op returns during the step (forward, backward — autograd's ops are seen, vmapped
@@ -193,11 +194,14 @@ def make_step(mode: str, method: str, trunk, heads, x, y, seed: int = 0) -> Tupl
             return lam, G
     else:
         raise ValueError(f"unknown mode {mode!r}; known: {', '.join(MODES)}")
+    step.reset = zero  # drop the previous step's .grad before a memory measurement
     return step, close
 
 
 def probe_peak(step: Callable, device: str) -> int:
-    """Peak bytes allocated during one call of ``step`` (see the module docstring)."""
+    """Peak bytes allocated during one call of ``step`` (see the module docstring), from a state
+    without ``.grad``: both measurements then count the step's new ``.grad`` once."""
+    getattr(step, "reset", lambda: None)()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -223,6 +227,7 @@ def rss_child(mode: str, method: str, cfg: Config) -> int:
     trunk, heads, x, y = build(cfg, torch.float32)
     step, _ = make_step(mode, method, trunk, heads, x, y)
     step()
+    step.reset()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # reset VmHWM to the current RSS
     before = _status_kb("VmRSS")

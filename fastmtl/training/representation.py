@@ -44,10 +44,12 @@ def _representations(representation: Any) -> List[torch.Tensor]:
     return reps
 
 
-def _check_paths(losses: List[torch.Tensor], reps: List[torch.Tensor], shared: List[torch.Tensor]) -> None:
+def _check_paths(losses: List[torch.Tensor], reps: List[torch.Tensor], shared: List[torch.Tensor]) -> bool:
     """Every loss that requires grad reaches a representation, and reaches no shared parameter any
     other way (that part of its gradient would be lost by ``z.backward``). A walk over the heads'
-    graph only: it stops at the representations."""
+    graph only: it stops at the representations. Returns whether two losses reach a common
+    parameter above ``z`` (a common head), which makes one batched backward pass cheaper than K
+    separate ones."""
     from torch.autograd.graph import get_gradient_edge
 
     targets = {}
@@ -55,11 +57,14 @@ def _check_paths(losses: List[torch.Tensor], reps: List[torch.Tensor], shared: L
         e = get_gradient_edge(z)
         targets.setdefault(e.node, set()).add(e.output_nr)
     shared_ids = {id(p): i for i, p in enumerate(shared)}
+    seen_leaves: set = set()
+    overlap = False
     for k, loss in enumerate(losses):
         if not loss.requires_grad:
             continue
         reached = False
         visited = set()
+        leaves = set()
         stack = [(loss.grad_fn, None)] if loss.grad_fn is not None else []
         while stack:
             node, nr = stack.pop()
@@ -70,6 +75,8 @@ def _check_paths(losses: List[torch.Tensor], reps: List[torch.Tensor], shared: L
                 continue
             visited.add(node)
             var = getattr(node, "variable", None)
+            if var is not None:
+                leaves.add(id(var))
             if var is not None and id(var) in shared_ids:
                 raise ValueError(f"loss {k} reaches shared_params[{shared_ids[id(var)]}] without passing through the "
                                  "representation: z.backward(d_z) would drop that part of its gradient. Pass the "
@@ -78,16 +85,21 @@ def _check_paths(losses: List[torch.Tensor], reps: List[torch.Tensor], shared: L
         if not reached:
             raise ValueError(f"loss {k} does not depend on the representation (z is not on its path): its "
                              "representation gradient would be zero although the loss requires grad")
+        overlap = overlap or not seen_leaves.isdisjoint(leaves)
+        seen_leaves |= leaves
+    return overlap
 
 
-def representation_gradients(losses: Any, representation: Any, *, retain_graph: bool = True):
+def representation_gradients(losses: Any, representation: Any, *, batched: Optional[bool] = None,
+                             retain_graph: bool = True):
     """The K gradients ``∂ℓ_k/∂z`` (K tuples, one tensor per representation; zeros for a loss that
-    does not require grad): one backward pass through the heads, vmapped over the K losses."""
+    does not require grad), through the heads only: one backward pass vmapped over the K losses,
+    or K passes (``batched`` as :func:`fastmtl.training.task_gradients`)."""
     from . import task_gradients  # late: fastmtl.training imports fastmtl.hooks
 
     L = loss_list(losses)
     reps = _representations(representation)
-    grads = task_gradients(L, reps, retain_graph=retain_graph)
+    grads = task_gradients(L, reps, batched=batched, retain_graph=retain_graph)
     return [tuple(torch.zeros_like(z) if g is None else g for g, z in zip(row, reps)) for row in grads]
 
 
@@ -99,8 +111,9 @@ def representation_backward(losses: Any, representation: Any, method: Any = "mea
     """``fastmtl.backward(losses, shared_params, method, representation=z)``: λ from the Gram of
     the representation gradients, then ``z.backward(Σ_k λ_k ∂ℓ_k/∂z)``.
 
-    1. ``r_k = ∂ℓ_k/∂z`` for the K losses (one batched autograd call through the heads; K calls
-       where the heads cannot be vmapped).
+    1. ``r_k = ∂ℓ_k/∂z`` for the K losses, through the heads only: one autograd call per loss when
+       the losses' graphs above ``z`` are disjoint (separate heads: each head runs once), else one
+       call vmapped over the K losses (a common head), as ``fastmtl.training.task_gradients``.
     2. ``G_z = [r_k·r_j]`` (:func:`fastmtl.gramian`), ``λ = method.weights(G_z, losses)``.
     3. ``d_z = Σ_k λ_k r_k`` (:func:`fastmtl.weighted_sum`) and ``z.backward(d_z)`` restricted
        to ``shared_params``: their ``.grad`` gets ``Σ_k λ_k ∇_θ ℓ_k`` added.
@@ -141,10 +154,12 @@ def representation_backward(losses: Any, representation: Any, method: Any = "mea
         raise TypeError(f"method {m.name!r} holds a reference gradient over the parameters; representation mode "
                         "has no parameter-space gradients to compare it with")
     convention = head_convention(m, head_weighting)
-    _check_paths(L, reps, shared)
+    common_head = _check_paths(L, reps, shared)
 
     K = len(L)
-    rgrads = representation_gradients(L, reps, retain_graph=True)
+    # Separate heads: the vmapped pass would run every head on all K cotangents (K² head passes,
+    # most on zeros), K passes run each head once. A common head: one vmapped pass.
+    rgrads = representation_gradients(L, reps, batched=None if common_head else False, retain_graph=True)
     need_gram = m.requires_gram or return_info
     G = gramian(rgrads, backend=backend) if need_gram else None
     lam = weights_from_gram(m, G if m.requires_gram else None, loss_vector(L), K=K, generator=generator,
