@@ -234,11 +234,11 @@ def test_use_outside_the_layer_forward_raises():
     hooks = GramHooks(lin)
     x = torch.randn(2, 3, dtype=F64)
     loss = lin(x).sum() + (x @ lin.weight.T).sum()  # the second use bypasses the layer
-    with pytest.raises(ValueError, match="weight is used outside the forward of its layer"):
+    with pytest.raises(ValueError, match="weight is used outside a recorded forward call"):
         task_gramian([loss, loss * 2], hooks)
     hooks.clear()
     penalty = lin(x).sum() + 1e-3 * lin.weight.pow(2).sum()  # a penalty term: same problem
-    with pytest.raises(ValueError, match="outside the forward"):
+    with pytest.raises(ValueError, match="outside a recorded forward call"):
         task_gramian([penalty, penalty], hooks)
 
 
@@ -313,3 +313,23 @@ def test_auto_way_matches_the_cost_model():
     model = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.Flatten(), nn.Linear(2 * 64, 64)).to(F64)
     hg = check(model, torch.randn(2, 1, 8, 8, dtype=F64), 2, "auto")
     assert hg.layers == {"0.weight": "materialize", "2.weight": "ghost"}
+
+
+def test_forward_before_the_hooks_existed_raises_instead_of_a_zero_gram():
+    lin = nn.Linear(3, 2).to(F64)
+    out = lin(torch.randn(4, 3, dtype=F64))
+    hooks = GramHooks(lin)
+    with pytest.raises(ValueError, match="did not record"):
+        task_gramian([out.sum(), out.pow(2).sum()], hooks)
+
+
+def test_the_registry_does_not_keep_modules_alive():
+    import gc
+    import weakref
+
+    lin = nn.Linear(2, 2)
+    GramHooks(lin)
+    ref = weakref.ref(lin)
+    del lin
+    gc.collect()
+    assert ref() is None

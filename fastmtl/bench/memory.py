@@ -374,6 +374,10 @@ def format_report(title: str, rows: List[MemoryRow], lam: Dict[str, Dict[str, fl
                   "| method | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
         for method, v in lam.items():
             lines.append(f"| {method} | " + " | ".join(f"{v[k]:.1e}" if k in v else "–" for k in keys) + " |")
+        lines += ["", "hooks: the same G, hence the same λ. representation: λ from the representation's Gram (the "
+                  "MGDA-UB approximation), not expected to match. torchjd-autogram: its dG is the engine's accuracy; "
+                  "its dλ compares TorchJD's own weightings (MGDA by Frank–Wolfe to ε = 1e-3, its CAGrad scale) with "
+                  "fastmtl's, so only UPGrad, defined alike, matches."]
     if slg:
         lines += ["", f"SLGrad on B4 (K = {int(slg['K'])}, batch {int(slg['B'])}, scale 'convex'): hooks "
                   "(`fastmtl.hooks.slgrad_backward`) vs the forward-mode JVP (`fastmtl.training.slgrad_step`)", "",
@@ -428,6 +432,8 @@ def main(args) -> None:
     """The ``memory`` command (arguments from ``python -m fastmtl.bench memory``)."""
     import datetime
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = Config(depth=args.depth, width=args.width, K=args.K, batch=args.batch, device=args.device)
     day = datetime.datetime.now(datetime.timezone.utc)
     rev = commit()
@@ -469,6 +475,7 @@ def add_arguments(p) -> None:
     p.add_argument("--method", default="upgrad", help="the method of the timed steps")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--reps", type=int, default=5, help="timed steps per mode (interleaved)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--rss", action=argparse.BooleanOptionalAction, default=True,
                    help="also measure the RSS high-water mark of one step in a subprocess per mode (CPU)")
     p.add_argument("--lambda-check", action=argparse.BooleanOptionalAction, default=True,

@@ -19,8 +19,10 @@ __all__ = ["GramHooks", "CallRecord", "hooks_for", "KNOWN_LAYERS"]
 #: a subclass that overrides ``forward`` is an unknown layer).
 KNOWN_LAYERS = {nn.Linear: "linear", nn.Conv2d: "conv2d"}
 
-# module → the GramHooks registered on it, so that the module itself can stand for its hooks.
-_REGISTRY: "weakref.WeakKeyDictionary[nn.Module, GramHooks]" = weakref.WeakKeyDictionary()
+# module → (a weak reference to) the GramHooks registered on it, so that the module itself can
+# stand for its hooks. Weak both ways: the hooks hold their modules, so a strong value would keep
+# every registered module alive for ever.
+_REGISTRY: "weakref.WeakKeyDictionary[nn.Module, weakref.ref]" = weakref.WeakKeyDictionary()
 
 
 def _layer_kind(module: nn.Module) -> Optional[str]:
@@ -136,9 +138,9 @@ class GramHooks:
         self._kinds = {id(m): k for _, m, k in self.layers}
         for _, m, _ in self.layers:
             self._handles.append(m.register_forward_hook(self._on_forward, with_kwargs=True))
-            _REGISTRY[m] = self
+            _REGISTRY[m] = weakref.ref(self)
         for root in self.modules:
-            _REGISTRY[root] = self
+            _REGISTRY[root] = weakref.ref(self)
         if fallback:
             listed = ", ".join(names[id(p)] for p in fallback[:8]) + (" ..." if len(fallback) > 8 else "")
             warnings.warn(f"fastmtl.hooks: {len(fallback)} shared parameter(s) are not the weight or bias of an "
@@ -184,7 +186,8 @@ class GramHooks:
         self._handles = []
         self.clear()
         for m in [*self.modules, *(m for _, m, _ in self.layers)]:
-            if _REGISTRY.get(m) is self:
+            ref = _REGISTRY.get(m)
+            if ref is not None and ref() is self:
                 del _REGISTRY[m]
 
     def __enter__(self) -> "GramHooks":
@@ -229,9 +232,11 @@ class GramHooks:
                 var = getattr(node, "variable", None)
                 if var is not None and id(var) in self.hooked:
                     name = self.param_names[[id(p) for p in self.params].index(id(var))]
-                    raise ValueError(f"shared parameter {name} is used outside the forward of its layer (a parent "
-                                     "module reading it directly, or a penalty on it in the loss): the hooks cannot "
-                                     "see that use. Call the layer instead, or use gram_mode='materialize'")
+                    raise ValueError(f"shared parameter {name} is used outside a recorded forward call of its layer: "
+                                     "a parent module reading it directly, a penalty on it in the loss, or a forward "
+                                     "pass the hooks did not record (run before GramHooks was created, inside "
+                                     "hooks.paused(), or whose records were cleared). The hooks cannot see that use; "
+                                     "call the layer, or use gram_mode='materialize'")
                 stack.extend(nxt for nxt, _ in node.next_functions if nxt is not None)
             on_path = [r for r in self._records if id(r) in found]
         return on_path
@@ -250,5 +255,6 @@ def hooks_for(obj) -> Optional[GramHooks]:
     if isinstance(obj, GramHooks):
         return obj
     if isinstance(obj, nn.Module):
-        return _REGISTRY.get(obj)
+        ref = _REGISTRY.get(obj)
+        return None if ref is None else ref()
     return None
