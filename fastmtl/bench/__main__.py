@@ -280,11 +280,11 @@ def main(argv=None) -> None:
     p.add_argument("--out-dir", default="bench_out")
     p.set_defaults(fn=cmd_suite)
 
-    from . import memory
+    from . import memory_report
 
     p = sub.add_parser("memory", help="peak memory and time: materialised task gradients vs hooks vs representation")
-    memory.add_arguments(p)
-    p.set_defaults(fn=memory.main)
+    memory_report.add_arguments(p)
+    p.set_defaults(fn=memory_report.main)
 
     args = parser.parse_args(argv)
     if getattr(args, "out", None):

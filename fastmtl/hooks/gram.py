@@ -91,13 +91,23 @@ def param_groups(hooks: GramHooks, records: List[CallRecord], per_sample: bool =
     return out
 
 
-def _factors(r: CallRecord, D: torch.Tensor):
+def _factors(r: CallRecord, D: torch.Tensor, need_inputs: bool = True):
+    """``(A, D)`` of one call in the layout of :mod:`fastmtl.hooks.ghost`; ``A`` is ``None`` when
+    not needed (a bias), which skips a convolution's unfold."""
     # Detached: the Gram is a statistic of this step, and a graph through the activations would
     # keep its intermediates alive.
     x = r.x.detach()
     if r.kind == "linear":
-        return linear_factors(x, D.detach(), r.module.out_features)
-    return conv2d_factors(r.module, x, D.detach())
+        A, D = linear_factors(x, D.detach(), r.module.out_features)
+    elif need_inputs:
+        A, D = conv2d_factors(r.module, x, D.detach())
+    else:
+        m, d = r.module, D.detach()
+        if x.dim() == 3:
+            d = d.unsqueeze(1)
+        K, B, G = d.shape[0], d.shape[1], m.groups
+        return None, d.reshape(K, B, G, m.out_channels // G, -1).permute(0, 2, 1, 4, 3)
+    return (A if need_inputs else None), D
 
 
 def _output_gradients(hooks: GramHooks, outputs: torch.Tensor, cotangents: torch.Tensor, edges: List[Any],
@@ -170,7 +180,7 @@ def _weight_terms(hooks: GramHooks, records, D_list, groups: List[ParamGroup], K
         for i in grp.calls:
             remaining[i] += 1
     for grp in groups:
-        parts = [_factors(records[i], D_list[i]) for i in grp.calls]
+        parts = [_factors(records[i], D_list[i], need_inputs=grp.role == "weight") for i in grp.calls]
         v = ref_of.get(id(grp.param))
         if grp.role == "weight":
             if want_gram:
@@ -273,13 +283,14 @@ def task_gramian(losses: Any, hooks: Any, *, reference: Any = None, need_gram: b
     grads = _output_gradients(hk, stacked, eye, [r.out_edge for r in records], hk.fallback_params)
     n = len(records)
     keep = [i for i in range(n) if grads[i] is not None]
-    records, D_list = [records[i] for i in keep], [grads[i] for i in keep]
+    records, D_list, fb_grads = [records[i] for i in keep], [grads[i] for i in keep], grads[n:]
+    del grads  # D_list alone holds the output gradients: each is freed once its layer is done
     hk.check_versions(records)
     groups = param_groups(hk, records)
     Ka = len(active)
     gram, dots, layers = _weight_terms(hk, records, D_list, groups, Ka, False, ref, need_gram)
     ref_of = {id(p): v for p, v in zip(hk.params, ref)} if ref is not None else {}
-    fg, fd = _fallback_terms(grads[n:], hk.fallback_params, ref_of, need_gram)
+    fg, fd = _fallback_terms(fb_grads, hk.fallback_params, ref_of, need_gram)
     if fg is not None:
         gram = _add(gram, fg)
     if fd is not None:
