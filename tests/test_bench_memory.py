@@ -63,3 +63,13 @@ def test_slgrad_b4_hooks_equal_jvp():
     out = __import__("fastmtl.bench.memory_slgrad", fromlist=["slgrad_b4"]).slgrad_b4(reps=1)
     assert out["max |dW|"] < 1e-12 and out["max |d grad|"] < 1e-12 and out["max |W|"] > 0
     assert out["jvp ms"] > 0 and out["hooks ms"] > 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_peaks_from_the_allocator():
+    cfg = memory.Config(depth=2, width=512, K=4, batch=16, device="cuda")
+    rows = {r.mode: r for r in memory.measure(cfg, "upgrad", modes=("materialize", "hooks"), reps=1, rss=False)}
+    assert rows["hooks"].peak_mb < rows["materialize"].peak_mb
+    lam = memory.lambda_agreement(cfg, methods=("upgrad",))
+    assert lam["upgrad"]["hooks dλ"] < 1e-10

@@ -282,6 +282,13 @@ def test_a_backward_that_cannot_be_vmapped_falls_back_to_K_passes_with_one_warni
     ref = fastmtl.backward(losses_of(trunk, heads, x, y), trunk.parameters(), "mgda", batched=False)
     assert close(info.weights, ref.weights)
     assert all(close(a, p.grad) for a, p in zip(got, trunk.parameters()))
+    fresh = GramHooks(trunk)
+    with pytest.raises(RuntimeError):  # batched=True insists
+        hooks_backward(losses_of(trunk, heads, x, y), fresh, "mgda", batched=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # batched=False: K passes straight away, nothing to say
+        loop = hooks_backward(losses_of(trunk, heads, x, y), fresh, "mgda", batched=False)
+    assert close(loop.weights, ref.weights)
 
 
 def test_non_finite_gram_gives_nan_weights_not_a_finite_direction():

@@ -122,6 +122,8 @@ def main(args) -> None:
     rev = commit()
     where = (torch.cuda.get_device_name(torch.device(cfg.device)) if cfg.device.startswith("cuda")
              else f"{os.cpu_count()}-core CPU, {torch.get_num_threads()} torch threads")
+    if hasattr(os, "getloadavg"):  # a shared machine's load at the start bears on the times
+        where += f", load average {os.getloadavg()[0]:.1f} at the start"
     cmd = "python -m fastmtl.bench " + " ".join(sys.argv[1:] if args.argv is None else args.argv)
     title = (f"# One training step: MLP trunk {cfg.depth} × {cfg.width}, K = {cfg.K} heads, batch {cfg.batch}, "
              f"float32, method {args.method}\n\n{where}; torch {torch.__version__}; {day:%Y-%m-%d %H:%M} UTC; "

@@ -20,8 +20,8 @@ GRAM_MODES = ("materialize", "hooks", "auto")
 def hooks_backward(losses: Any, shared: Any, method: Any = "mean", *, gram_mode: str = "hooks",
                    main_task: Optional[int] = None, reference_grad: Any = None, head_params: Any = None,
                    generator: Optional[torch.Generator] = None, backend: Optional[str] = None,
-                   return_info: bool = True, head_weighting: str = "auto", retain_graph: bool = False,
-                   **hyperparameters: Any) -> Optional[CombineInfo]:
+                   batched: Optional[bool] = None, return_info: bool = True, head_weighting: str = "auto",
+                   retain_graph: bool = False, **hyperparameters: Any) -> Optional[CombineInfo]:
     """``fastmtl.backward`` without the K task gradients of the shared parameters.
 
     1. ``G`` from the hooks (:func:`fastmtl.hooks.task_gramian`): one backward pass vmapped over
@@ -52,6 +52,9 @@ def hooks_backward(losses: Any, shared: Any, method: Any = "mean", *, gram_mode:
         retain_graph, hyperparameters: as ``fastmtl.backward``. ``reference_grad`` (one tensor
             per ``hooks.params``) gives ``⟨v, g_k⟩`` from the hooks too.
         backend: used by the fallback parameters' Gram and on the materialised path.
+        batched: the K-loss backward pass to the layer outputs, vmapped (``None``, ``True``) or K
+            passes (``False``), see :func:`fastmtl.hooks.task_gramian`; on the materialised path,
+            as ``fastmtl.backward``.
 
     Returns:
         A :class:`fastmtl.CombineInfo` (λ, the hooks' G, cosines; ``backend="autograd"``: the
@@ -62,7 +65,8 @@ def hooks_backward(losses: Any, shared: Any, method: Any = "mean", *, gram_mode:
         raise ValueError(f"gram_mode must be one of {list(GRAM_MODES)}, got {gram_mode!r}")
     hooks = hooks_for(shared)
     common = dict(main_task=main_task, reference_grad=reference_grad, head_params=head_params, generator=generator,
-                  backend=backend, return_info=return_info, head_weighting=head_weighting, retain_graph=retain_graph)
+                  backend=backend, batched=batched, return_info=return_info, head_weighting=head_weighting,
+                  retain_graph=retain_graph)
     if gram_mode == "materialize" or (hooks is None and gram_mode == "auto"):
         return _materialize(losses, shared if hooks is None else hooks, method, common, hyperparameters)
     if hooks is None:
@@ -94,7 +98,7 @@ def hooks_backward(losses: Any, shared: Any, method: Any = "mean", *, gram_mode:
     need_gram = m.requires_gram or return_info
     hg = None
     if need_gram or reference is not None:
-        hg = task_gramian(L, hooks, reference=reference, need_gram=need_gram)
+        hg = task_gramian(L, hooks, reference=reference, need_gram=need_gram, batched=batched)
     G = None if hg is None else hg.gram
     lam = weights_from_gram(m, G if m.requires_gram else None, loss_vec, K=K, generator=generator,
                             reference_dots=None if hg is None else hg.reference_dots, device=L[0].device)

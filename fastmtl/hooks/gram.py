@@ -111,10 +111,11 @@ def _factors(r: CallRecord, D: torch.Tensor, need_inputs: bool = True):
 
 
 def _output_gradients(hooks: GramHooks, outputs: torch.Tensor, cotangents: torch.Tensor, edges: List[Any],
-                      tensors: Sequence[torch.Tensor]) -> List[Optional[torch.Tensor]]:
+                      tensors: Sequence[torch.Tensor], batched: Optional[bool] = None) -> List[Optional[torch.Tensor]]:
     """``∂⟨c_r, outputs⟩/∂x`` for every cotangent row ``c_r`` and every input (edges, then tensors):
     ``[R, *shape]`` each, ``None`` where nothing reaches it. One backward pass vmapped over the R
-    rows; a model whose backward cannot be vmapped falls back to R passes (one warning per hooks)."""
+    rows (``batched=True`` insists; ``False``: R passes); a model whose backward cannot be vmapped
+    falls back to R passes (one warning per hooks)."""
     inputs = list(edges) + list(tensors)
     if not inputs:
         return []
@@ -122,11 +123,13 @@ def _output_gradients(hooks: GramHooks, outputs: torch.Tensor, cotangents: torch
     if R == 1:
         g = torch.autograd.grad(outputs, inputs, grad_outputs=cotangents[0], retain_graph=True, allow_unused=True)
         return [None if t is None else t.unsqueeze(0) for t in g]
-    if not hooks.batched_failed:
+    if batched or (batched is None and not hooks.batched_failed):
         try:
             return list(torch.autograd.grad(outputs, inputs, grad_outputs=cotangents, is_grads_batched=True,
                                             retain_graph=True, allow_unused=True))
         except (RuntimeError, NotImplementedError) as exc:
+            if batched:
+                raise
             hooks.batched_failed = True
             warnings.warn(f"fastmtl.hooks: the batched backward pass failed ({str(exc).splitlines()[0][:200]}); "
                           f"using {R} backward passes for these hooks from now on", RuntimeWarning, stacklevel=3)
@@ -254,7 +257,8 @@ def _fallback_terms(grads: List[Optional[torch.Tensor]], params: List[torch.Tens
     return G, dots
 
 
-def task_gramian(losses: Any, hooks: Any, *, reference: Any = None, need_gram: bool = True) -> HookGram:
+def task_gramian(losses: Any, hooks: Any, *, reference: Any = None, need_gram: bool = True,
+                 batched: Optional[bool] = None) -> HookGram:
     """The K×K Gram of the task gradients over the hooks' parameters, from the recorded calls.
 
     One backward pass (vmapped over the K one-hot cotangents) to the outputs of the hooked layers
@@ -269,6 +273,9 @@ def task_gramian(losses: Any, hooks: Any, *, reference: Any = None, need_gram: b
         reference: a reference gradient ``v`` (one tensor or ``None`` per ``hooks.params``) for
             ``reference_dots = ⟨v, g_k⟩``.
         need_gram: ``False`` computes only the reference dots.
+        batched: ``None``/``True``: one backward pass vmapped over the K losses (``None`` falls
+            back to K passes, with one warning, where the backward cannot be vmapped; ``True``
+            raises there); ``False``: K passes.
     """
     from .step import loss_list
 
@@ -280,7 +287,7 @@ def task_gramian(losses: Any, hooks: Any, *, reference: Any = None, need_gram: b
     records = hk.calls_on_path([L[k].grad_fn for k in active])
     stacked = torch.stack([L[k] for k in active])
     eye = torch.eye(len(active), dtype=stacked.dtype, device=stacked.device)
-    grads = _output_gradients(hk, stacked, eye, [r.out_edge for r in records], hk.fallback_params)
+    grads = _output_gradients(hk, stacked, eye, [r.out_edge for r in records], hk.fallback_params, batched)
     n = len(records)
     keep = [i for i in range(n) if grads[i] is not None]
     records, D_list, fb_grads = [records[i] for i in keep], [grads[i] for i in keep], grads[n:]

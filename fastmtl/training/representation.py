@@ -104,10 +104,10 @@ def representation_gradients(losses: Any, representation: Any, *, batched: Optio
 
 
 def representation_backward(losses: Any, representation: Any, method: Any = "mean", *, shared_params: Any,
-                            main_task: Optional[int] = None, head_params: Any = None,
+                            main_task: Optional[int] = None, reference_grad: Any = None, head_params: Any = None,
                             generator: Optional[torch.Generator] = None, backend: Optional[str] = None,
-                            return_info: bool = True, head_weighting: str = "auto", retain_graph: bool = False,
-                            **hyperparameters: Any) -> Optional[CombineInfo]:
+                            batched: Optional[bool] = None, return_info: bool = True, head_weighting: str = "auto",
+                            retain_graph: bool = False, **hyperparameters: Any) -> Optional[CombineInfo]:
     """``fastmtl.backward(losses, shared_params, method, representation=z)``: λ from the Gram of
     the representation gradients, then ``z.backward(Σ_k λ_k ∂ℓ_k/∂z)``.
 
@@ -136,7 +136,10 @@ def representation_backward(losses: Any, representation: Any, method: Any = "mea
         method, main_task, head_params, generator, return_info, head_weighting, retain_graph,
         hyperparameters: as ``fastmtl.backward``.
         shared_params: the parameters upstream of ``z`` that get ``.grad``.
+        reference_grad: refused (``TypeError``): a reference lives in parameter space.
         backend: for the Gram and weighted-sum passes over the representation gradients.
+        batched: the pass through the heads: ``None`` chooses as in step 1, ``True`` one vmapped
+            pass, ``False`` one pass per loss.
 
     Returns:
         :class:`fastmtl.CombineInfo` with ``gram``/``cosine`` of the representation gradients.
@@ -150,16 +153,19 @@ def representation_backward(losses: Any, representation: Any, method: Any = "mea
     check_disjoint(shared, heads)
     m = resolve_method(method, hyperparameters, main_task)
     refuse_gradient_methods(m, "representation mode", "use fastmtl.backward without representation=")
-    if m.uses_reference and getattr(m, "reference", None) is not None:
-        raise TypeError(f"method {m.name!r} holds a reference gradient over the parameters; representation mode "
-                        "has no parameter-space gradients to compare it with")
+    if reference_grad is not None or (m.uses_reference and getattr(m, "reference", None) is not None):
+        raise TypeError(f"a reference gradient (method {m.name!r}) lives in parameter space; representation mode "
+                        "has no parameter-space task gradients to compare it with: use fastmtl.backward without "
+                        "representation=")
     convention = head_convention(m, head_weighting)
     common_head = _check_paths(L, reps, shared)
 
     K = len(L)
     # Separate heads: the vmapped pass would run every head on all K cotangents (K² head passes,
     # most on zeros), K passes run each head once. A common head: one vmapped pass.
-    rgrads = representation_gradients(L, reps, batched=None if common_head else False, retain_graph=True)
+    if batched is None:
+        batched = None if common_head else False
+    rgrads = representation_gradients(L, reps, batched=batched, retain_graph=True)
     need_gram = m.requires_gram or return_info
     G = gramian(rgrads, backend=backend) if need_gram else None
     lam = weights_from_gram(m, G if m.requires_gram else None, loss_vector(L), K=K, generator=generator,
