@@ -8,7 +8,8 @@ import torch
 
 from ..api import CombineInfo
 from .capture import hooks_for
-from .gram import task_gramian
+from .cost import step_cost
+from .gram import param_groups, task_gramian
 from .step import (backward_heads, check_disjoint, cosine_of, head_convention, loss_list, loss_vector, param_list,
                    refuse_gradient_methods, resolve_method, weights_from_gram)
 
@@ -88,8 +89,6 @@ def hooks_backward(losses: Any, shared: Any, method: Any = "mean", *, gram_mode:
     loss_vec = loss_vector(L)
     if gram_mode == "auto":
         records = hooks.calls_on_path([l.grad_fn for l in L if l.requires_grad])
-        from .gram import param_groups
-        from .cost import step_cost
         shapes = [g.shape for g in param_groups(hooks, records) if g.role == "weight"]
         if step_cost(shapes, K).choice == "materialize":
             return _materialize(losses, hooks, m, dict(common, main_task=None), {})
@@ -106,12 +105,12 @@ def hooks_backward(losses: Any, shared: Any, method: Any = "mean", *, gram_mode:
 
     active = [k for k, l in enumerate(L) if l.requires_grad]
     cot = [lam[k].to(dtype=L[k].dtype, device=L[k].device) for k in active]
-    touched = [p for p in hooks.params]
-    if convention == "weighted" and heads:
-        torch.autograd.backward([L[k] for k in active], grad_tensors=cot, inputs=touched + heads,
+    shared_params = list(hooks.params)
+    if convention == "weighted" and heads:  # heads and trunk see the same Σ λ_k ℓ_k: one pass
+        torch.autograd.backward([L[k] for k in active], grad_tensors=cot, inputs=shared_params + heads,
                                 retain_graph=retain_graph)
     else:
-        torch.autograd.backward([L[k] for k in active], grad_tensors=cot, inputs=touched,
+        torch.autograd.backward([L[k] for k in active], grad_tensors=cot, inputs=shared_params,
                                 retain_graph=retain_graph or bool(heads))
         backward_heads(L, lam, heads, convention, retain_graph, m.name)
     if not return_info:

@@ -12,7 +12,7 @@ import torch
 from ..methods import METHODS, Method, make_method
 
 __all__ = ["loss_list", "param_list", "resolve_method", "refuse_gradient_methods", "weights_from_gram",
-           "head_convention", "backward_heads", "cosine_of", "loss_vector"]
+           "head_convention", "backward_heads", "cosine_of", "loss_vector", "check_disjoint"]
 
 
 def loss_list(losses: Any) -> List[torch.Tensor]:
