@@ -14,6 +14,9 @@ Commands:
   experiments   b3b, b4 and b5 with their defaults, then every ``suite`` experiment
   suite   B2 (GradNorm toy), weighted PCGrad toy and B5 runs, GeMTL on B4/B5, HydaLearn / OL-AUX
           weight trajectories on B3b and B3b-drift (``--only``, ``--quick``); CSV + PNG in --out-dir
+  memory  peak memory and time of one training step: K materialised task gradients vs module hooks
+          vs representation gradients vs TorchJD's autogram vs LibMTL-style rep_grad; λ agreement;
+          SLGrad on B4 with hooks vs the JVP (table, CSV and PNG in --out-dir)
 """
 
 from __future__ import annotations
@@ -276,6 +279,12 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out-dir", default="bench_out")
     p.set_defaults(fn=cmd_suite)
+
+    from . import memory_report
+
+    p = sub.add_parser("memory", help="peak memory and time: materialised task gradients vs hooks vs representation")
+    memory_report.add_arguments(p)
+    p.set_defaults(fn=memory_report.main)
 
     args = parser.parse_args(argv)
     if getattr(args, "out", None):
