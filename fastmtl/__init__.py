@@ -9,9 +9,9 @@ from .api import CombineInfo, combine
 from .training import backward
 from .methods import METHODS, Method
 from .ops import available_backends, gramian, use_backend, weighted_sum
-from . import gradients, methods, training
+from . import gradients, hooks, methods, training
 
 __version__ = "0.1.0"
 
 __all__ = ["combine", "backward", "training", "CombineInfo", "gramian", "weighted_sum", "use_backend", "available_backends",
-           "methods", "gradients", "Method", "METHODS", "__version__"]
+           "methods", "gradients", "hooks", "Method", "METHODS", "__version__"]

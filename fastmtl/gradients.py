@@ -17,7 +17,7 @@ backends may use one GEMM on it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import torch
 
@@ -323,3 +323,40 @@ def losses_tensor(losses: Any, num_tasks: int, device: torch.device) -> Optional
     if t.is_complex() or not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64)):
         raise TypeError(f"losses must be real numbers, got dtype {t.dtype}")
     return t.to(device=device, dtype=torch.float64)
+
+
+def loss_list(losses: Any) -> List[torch.Tensor]:
+    """K scalar losses from a sequence or a ``[K]`` tensor (the training steps' first argument)."""
+    if isinstance(losses, torch.Tensor):
+        if losses.dim() > 1:
+            raise ValueError(f"losses must be K scalar losses or a [K] tensor, got shape {tuple(losses.shape)}")
+        out = list(losses.reshape(-1).unbind(0))
+    elif isinstance(losses, Sequence) and not isinstance(losses, (str, bytes)):
+        out = []
+        for k, l in enumerate(losses):
+            if not isinstance(l, torch.Tensor) or l.numel() != 1:
+                raise TypeError(f"loss {k}: expected a scalar tensor, got "
+                                f"{type(l).__name__ if not isinstance(l, torch.Tensor) else tuple(l.shape)}")
+            out.append(l.reshape(()))
+    else:
+        raise TypeError(f"losses must be a sequence of K scalar tensors or a [K] tensor, got {type(losses).__name__}")
+    if not out:
+        raise ValueError("losses is empty (K = 0 tasks)")
+    return out
+
+
+def param_list(params: Any, what: str) -> List[torch.Tensor]:
+    """Parameters from a module, a tensor or a sequence; each must require grad."""
+    if params is None:
+        return []
+    if isinstance(params, torch.nn.Module):
+        params = params.parameters()
+    if isinstance(params, torch.Tensor):
+        params = [params]
+    out = list(params)
+    for i, p in enumerate(out):
+        if not isinstance(p, torch.Tensor):
+            raise TypeError(f"{what}[{i}]: expected a tensor (parameter), got {type(p).__name__}")
+        if not p.requires_grad:
+            raise ValueError(f"{what}[{i}]: does not require grad")
+    return out

@@ -193,8 +193,13 @@ def run(call: Call, source: Any = LOCAL, *, need_info: bool = False,
         return Outcome(result.parts, result.weights, G, engine.direction_backend or "reference", m)
 
     gram_tg, gram_ref = gram_inputs if gram_inputs is not None else (tg, call.reference)
-    block = m.gram_block(gram_tg) if m.requires_gram else None
+    block = m.gram_params if m.requires_gram else None
     if block is not None:
+        bad = [i for i in block if i >= gram_tg.num_params]
+        if bad:
+            raise ValueError(f"{m.name}: param_indices {bad} are out of range for {gram_tg.num_params} parameter "
+                             "gradients")
+        block = [i for i in block if gram_tg.shapes[i] is not None]  # the chosen parameters some task touches
         gram_tg = gram_tg.restrict(block)
         gram_ref = None if gram_ref is None else tuple(gram_ref[p] for p in block)
     G, dots, losses, generator = source.share(call, gram_tg, gram_ref, m.requires_gram or need_info)

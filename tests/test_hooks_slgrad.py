@@ -1,5 +1,5 @@
 """SLGrad with the per-(task, sample) dot products from module hooks
-(``fastmtl.hooks.slgrad_backward``) against the forward-mode JVP path
+(``fastmtl.training.slgrad_backward``) against the forward-mode JVP path
 (``fastmtl.training.slgrad_step``) and against per-sample gradients formed one by one."""
 
 from __future__ import annotations
@@ -11,7 +11,8 @@ import torch
 from torch import nn
 
 from fastmtl import training
-from fastmtl.hooks import GramHooks, slgrad_backward
+from fastmtl.hooks import GramHooks
+from fastmtl.training import slgrad_backward
 from fastmtl.methods import SLGrad
 
 F64 = torch.float64

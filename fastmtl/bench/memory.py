@@ -123,7 +123,8 @@ def make_step(mode: str, method: str, trunk, heads, x, y, seed: int = 0) -> Tupl
     """``(step, close)``: ``step()`` runs one training step and returns ``(λ, G)`` (``None`` where
     the mode has none); ``close()`` removes hooks."""
     import fastmtl
-    from fastmtl.hooks import GramHooks, hooks_backward
+    from fastmtl.hooks import GramHooks
+    from fastmtl.training import hooks_backward
     from fastmtl.training.representation import representation_backward
 
     params = [*trunk.parameters(), *heads.parameters()]

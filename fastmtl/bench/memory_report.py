@@ -63,7 +63,7 @@ def format_report(title: str, rows: List[MemoryRow], lam: Dict[str, Dict[str, fl
                   "fastmtl's, so only UPGrad, defined alike, matches."]
     if slg:
         lines += ["", f"SLGrad on B4 (K = {int(slg['K'])}, batch {int(slg['B'])}, scale 'convex'): hooks "
-                  "(`fastmtl.hooks.slgrad_backward`) vs the forward-mode JVP (`fastmtl.training.slgrad_step`)", "",
+                  "(`fastmtl.training.slgrad_backward`) vs the forward-mode JVP (`fastmtl.training.slgrad_step`)", "",
                   "| max abs diff of W (float64) | max W | max abs diff of ⟨∇ℓ, v⟩ | max abs diff of .grad | "
                   "JVP ms / step | hooks ms / step | × faster |", "|---|---|---|---|---|---|---|",
                   f"| {slg['max |dW|']:.1e} | {slg['max |W|']:.3g} | {slg['max |d dots|']:.1e} | "

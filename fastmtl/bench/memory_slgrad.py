@@ -1,5 +1,5 @@
 """SLGrad on B4 (noisy one-vs-rest digits): the per-(task, sample) dot products ``⟨∇ℓ_{k,b}, v⟩``
-from module hooks (:func:`fastmtl.hooks.slgrad_backward`) against today's forward-mode JVP path
+from module hooks (:func:`fastmtl.training.slgrad_backward`) against today's forward-mode JVP path
 (:func:`fastmtl.training.slgrad_step`): the same weights, and the time per step side by side.
 
 Both steps do the same work around the dot products: ``v`` from one validation batch (a backward
@@ -35,7 +35,8 @@ def _setup(dtype: torch.dtype, seed: int = 0, batch: int = 16):
 
 def _steps(problem, model, train, val, scale: str = "convex"):
     from fastmtl import training
-    from fastmtl.hooks import GramHooks, slgrad_backward
+    from fastmtl.hooks import GramHooks
+    from fastmtl.training import slgrad_backward
     from fastmtl.methods import SLGrad
 
     xb, yb = train

@@ -109,7 +109,7 @@ def ddp_combine(grads: Any, method: Any = "mean", *, process_group: Any = None, 
         call = prepare(grads, method, hyperparameters, losses=losses, reference=reference, out=out,
                        generator=generator, backend=backend, check_finite=check_finite, local_checks=False)
         m, tg = call.method, call.tg
-        if m.computes_direction or m.gram_block(tg) is not None:
+        if m.computes_direction or m.gram_params is not None:
             raise NotImplementedError(f"ddp_combine supports Gram-space methods over all parameters; {m.name!r} "
                                       "is not one (reduce-scatter the gradients and use combine(..., "
                                       "process_group=...))")

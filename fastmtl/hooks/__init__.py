@@ -8,21 +8,19 @@ per-(task, sample) Gramian likewise. Then ``Σ_k λ_k ℓ_k`` is back-propagated
 
 * :class:`GramHooks` — forward hooks on the known layers of the shared modules; create once,
   before the forward passes.
-* :func:`hooks_backward` — ``fastmtl.backward`` in ``gram_mode="hooks"`` / ``"auto"``.
 * :func:`task_gramian`, :func:`sample_gramian`, :func:`sample_dots` — the Gram matrices alone.
-* :func:`slgrad_backward` — SLGrad's step with the per-(task, sample) dot products from hooks.
 * :mod:`fastmtl.hooks.cost` — the cost model (per layer: ghost or this layer's K gradients; per
   step: hooks or materialise).
 
-See docs/gram_modes.md.
+The training steps built on them live in :mod:`fastmtl.training`: ``fastmtl.backward(...,
+gram_mode="hooks"|"auto")`` (:func:`fastmtl.training.hooks_backward`) and
+:func:`fastmtl.training.slgrad_backward` (SLGrad's step with the per-(task, sample) dot products
+from hooks). See docs/gram_modes.md.
 """
 
-from .backward import GRAM_MODES, hooks_backward
 from .capture import KNOWN_LAYERS, CallRecord, GramHooks, hooks_for
 from .cost import LayerCost, LayerShape, StepCost, layer_cost, step_cost
 from .gram import HookGram, sample_dots, sample_gramian, task_gramian
-from .slgrad import slgrad_backward
 
-__all__ = ["GramHooks", "hooks_backward", "hooks_for", "task_gramian", "sample_gramian", "sample_dots",
-           "slgrad_backward", "HookGram", "CallRecord", "KNOWN_LAYERS", "GRAM_MODES", "LayerShape", "LayerCost",
-           "StepCost", "layer_cost", "step_cost"]
+__all__ = ["GramHooks", "hooks_for", "task_gramian", "sample_gramian", "sample_dots", "HookGram", "CallRecord",
+           "KNOWN_LAYERS", "LayerShape", "LayerCost", "StepCost", "layer_cost", "step_cost"]

@@ -53,7 +53,7 @@ class GramHooks:
 
     Create it once, before the forward passes; every forward under autograd records each call's
     input and output edge (no copy: the input is the tensor autograd keeps for the weight
-    gradient). :func:`fastmtl.hooks.hooks_backward` (``fastmtl.backward(...,
+    gradient). :func:`fastmtl.training.hooks_backward` (``fastmtl.backward(...,
     gram_mode="hooks")``) and the per-sample functions read the records of the calls on the
     losses' graph and then clear them; :meth:`clear` drops them by hand (e.g. after a forward
     pass that is not back-propagated). Forward passes under ``torch.no_grad()`` or inside

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
+
+from ..gradients import loss_list
 from torch import nn
 
 from ..ops import gramian
@@ -277,8 +279,6 @@ def task_gramian(losses: Any, hooks: Any, *, reference: Any = None, need_gram: b
             back to K passes, with one warning, where the backward cannot be vmapped; ``True``
             raises there); ``False``: K passes.
     """
-    from .step import loss_list
-
     hk = _resolve(hooks)
     L = loss_list(losses)
     K = len(L)

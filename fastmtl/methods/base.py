@@ -102,8 +102,10 @@ class Method:
         """Whether the pipeline calls :meth:`DirectionMethod.direction` (else ``weights``)."""
         return False
 
-    def gram_block(self, tg) -> Optional[Sequence[int]]:
-        """The parameters of ``tg`` whose Gram :meth:`GramMethod.weights` reads; ``None`` = all."""
+    @property
+    def gram_params(self) -> Optional[Sequence[int]]:
+        """Indices of the parameters whose Gram :meth:`GramMethod.weights` reads (``None``: all of
+        them); the direction still combines every parameter."""
         return None
 
     def check_num_tasks(self, num_tasks: int) -> None:

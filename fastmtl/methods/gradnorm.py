@@ -44,7 +44,7 @@ class GradNorm(GramMethod):
     Norms: by default from the diagonal of the full Gram matrix (all shared parameters, as LibMTL).
     ``param_indices`` selects the parameters ``W`` (the paper's last shared layer; indices into the
     per-parameter gradient list): then only those parameters are read for a block Gram
-    (:meth:`gram_block`), and the direction ``Σ_k w_k g_k`` over all parameters is the only full
+    (:attr:`gram_params`), and the direction ``Σ_k w_k g_k`` over all parameters is the only full
     pass — the full Gram is formed only for ``return_info``.
 
     State: ``w`` or ``s``, ``ℓ(0)`` (and the first-epoch loss sums), optimizer moments.
@@ -85,14 +85,10 @@ class GradNorm(GramMethod):
         self.param_indices = param_indices
         self.reset()
 
-    def gram_block(self, tg):
-        """The parameters ``param_indices`` that some task touches (the norms' block), or all."""
-        if self.param_indices is None:
-            return None
-        bad = [i for i in self.param_indices if i >= tg.num_params]
-        if bad:
-            raise ValueError(f"param_indices {bad} are out of range for {tg.num_params} parameter gradients")
-        return [i for i in self.param_indices if tg.shapes[i] is not None]
+    @property
+    def gram_params(self):
+        """``param_indices``: the norms come from the Gram of those parameters only."""
+        return self.param_indices
 
     def reset(self) -> None:
         """Weights to 1, forget ``ℓ(0)``, the epoch sums and the optimizer state."""

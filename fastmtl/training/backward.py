@@ -6,15 +6,15 @@ into ``.grad``, and the task-specific heads back-propagated with the method's he
 
 from __future__ import annotations
 
-import inspect
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 
-from ..methods import METHODS, Method, make_method, method_class
-from ..methods.slgrad import SLGrad
-from ..pipeline import LOCAL, CombineInfo, ScaledGram, prepare, run
-from .task_autograd import loss_list as as_loss_list, param_list, task_gradients
+from ..methods import METHODS, method_class
+from ..pipeline import CombineInfo
+from .hooks_backward import hooks_backward
+from .materialized import materialized_backward
+from .representation import representation_backward
 
 __all__ = ["backward", "head_weighting", "UNWEIGHTED_HEAD_METHODS"]
 
@@ -39,27 +39,11 @@ def head_weighting(method: Any) -> str:
     return getattr(method, "head_weighting", "weighted")
 
 
-def _accepts(cls, name: str) -> bool:
-    try:
-        sig = inspect.signature(cls)
-    except (TypeError, ValueError):
-        return False
-    return name in sig.parameters or any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values())
-
-
-def _reference_for(reference_grad, shared, touched):
-    if isinstance(reference_grad, torch.Tensor) or not isinstance(reference_grad, Sequence):
-        raise TypeError("reference_grad must be a sequence with one tensor (or None) per shared parameter")
-    if len(reference_grad) != len(shared):
-        raise ValueError(f"reference_grad has {len(reference_grad)} entries but there are {len(shared)} shared "
-                         "parameters")
-    return [None if (r is None or not touched[p]) else r.detach() for p, r in enumerate(reference_grad)]
-
-
 def backward(losses: Any, shared_params: Any, method: Any = "mean", *, main_task: Optional[int] = None,
              reference_grad: Any = None, head_params: Any = None, generator: Optional[torch.Generator] = None,
              backend: Optional[str] = None, batched: Optional[bool] = None, return_info: bool = True,
              head_weighting: str = "auto", retain_graph: bool = False, grad_scaler: Any = None,
+             gram_mode: str = "materialize", representation: Any = None,
              **hyperparameters: Any) -> Optional[CombineInfo]:
     """Multi-task ``loss.backward()``: combine the task gradients of the shared parameters.
 
@@ -110,98 +94,32 @@ def backward(losses: Any, shared_params: Any, method: Any = "mean", *, main_task
             task gradients overflowed gives a non-finite direction, which the scaler skips before
             lowering the scale. Methods that need the gradients themselves (DB-MTL, GradDrop,
             per-parameter GradVac) get them unscaled in place first (one extra pass).
+        gram_mode: where G comes from. ``"materialize"`` (default): the K task gradients of the
+            shared parameters. ``"hooks"``: from module hooks, without them
+            (:func:`fastmtl.training.hooks_backward`; ``shared_params`` is then a
+            :class:`fastmtl.hooks.GramHooks` or a module it is registered on); ``"auto"``: hooks
+            where the cost model finds them cheaper. See docs/gram_modes.md.
+        representation: the shared representation ``z`` (or several): λ from the Gram of the
+            ``[K, B·F]`` gradients ``∂ℓ_k/∂z`` (MGDA-UB), then one backward of ``d_z`` through the
+            trunk (:func:`fastmtl.training.representation_backward`).
 
     SLGrad weights (task, sample) pairs and needs per-sample losses: use :func:`slgrad_step`.
     No host synchronisation happens here (unless the method itself synchronises).
     """
-    loss_list = as_loss_list(losses)
-    shared = param_list(shared_params, "shared_params")
-    heads = param_list(head_params, "head_params")
-    if not shared:
-        raise ValueError("shared_params is empty")
-    shared_ids = {id(p) for p in shared}
-    for i, p in enumerate(heads):
-        if id(p) in shared_ids:
-            raise ValueError(f"head_params[{i}] is also a shared parameter")
-    if head_weighting not in ("auto", "weighted", "sum"):
-        raise ValueError(f"head_weighting must be 'auto', 'weighted' or 'sum', got {head_weighting!r}")
+    if representation is not None or gram_mode != "materialize":
+        common = dict(main_task=main_task, reference_grad=reference_grad, head_params=head_params,
+                      generator=generator, backend=backend, batched=batched, return_info=return_info,
+                      head_weighting=head_weighting, retain_graph=retain_graph, **hyperparameters)
+        if grad_scaler is not None:
+            raise TypeError("grad_scaler= works with the materialised task gradients only (gram_mode='materialize', "
+                            "no representation=)")
+        if representation is not None:
+            if gram_mode != "materialize":
+                raise ValueError("pass representation= or gram_mode=, not both")
+            return representation_backward(losses, representation, method, shared_params=shared_params, **common)
+        return hooks_backward(losses, shared_params, method, gram_mode=gram_mode, **common)
 
-    # The method, configured before any gradient is computed so that bad arguments fail early.
-    if isinstance(method, Method):
-        if hyperparameters:
-            raise TypeError(f"hyper-parameters {sorted(hyperparameters)} were given with a method instance; "
-                            "set them in its constructor")
-        cls = type(method)
-        if main_task is not None:
-            if not hasattr(method, "main_task"):
-                raise TypeError(f"method {cls.__name__} has no main task; do not pass main_task")
-            if method.main_task != main_task:
-                raise ValueError(f"main_task={main_task} differs from the method instance's "
-                                 f"main_task={method.main_task}")
-    else:
-        if isinstance(method, type) and issubclass(method, Method):
-            cls = method
-        else:
-            cls = method_class(method)
-        if main_task is not None:
-            if not _accepts(cls, "main_task"):
-                raise TypeError(f"method {cls.name!r} has no main task; do not pass main_task")
-            hyperparameters = dict(hyperparameters, main_task=main_task)
-    if issubclass(cls, SLGrad):
-        raise TypeError("SLGrad weights (task, sample) pairs: use fastmtl.training.slgrad_step (or "
-                        "fastmtl.combine on per-sample gradients), not fastmtl.backward")
-    if reference_grad is not None and not cls.uses_reference:
-        raise TypeError(f"method {getattr(cls, 'name', cls.__name__)!r} does not use a reference gradient")
-    m = make_method(method, dict(hyperparameters))
-
-    need_heads = any(True for _ in heads)
-    source, scale = LOCAL, None
-    if grad_scaler is not None:  # mixed precision: gradients of s·ℓ_k, see the docstring
-        scale = grad_scaler.scale(torch.ones((), dtype=torch.float32, device=loss_list[0].device))
-        source = ScaledGram(LOCAL, scale)
-        backprop = [grad_scaler.scale(l) for l in loss_list]
-    else:
-        backprop = loss_list
-    grads = task_gradients(backprop, shared, batched=batched, retain_graph=retain_graph or need_heads)
-    K, P = len(grads), len(shared)
-    touched = [any(grads[k][p] is not None for k in range(K)) for p in range(P)]
-    loss_vec = torch.stack([l.detach().to(torch.float64) for l in loss_list])
-    reference = None if reference_grad is None else _reference_for(reference_grad, shared, touched)
-
-    # Output buffers: a fresh buffer becomes .grad; an existing .grad gets the direction added.
-    bufs = [torch.empty_like(p) if touched[p_i] else None for p_i, p in enumerate(shared)]
-    call = prepare(grads, m, {}, losses=loss_vec, reference=reference, out=bufs, generator=generator,
-                   backend=backend)
-    if scale is not None and m.computes_direction:  # its own use of the gradients: give it them unscaled
-        inverse = 1.0 / scale
-        for row in grads:
-            for g in row:
-                if g is not None:
-                    g.mul_(inverse.to(g.dtype))
-        outcome = run(call, need_info=return_info)
-        for buf in bufs:
-            if buf is not None:
-                buf.mul_(scale.to(buf.dtype))
-    else:
-        outcome = run(call, source, need_info=return_info)
-    for p, buf in zip(shared, bufs):
-        if buf is None:
-            continue
-        if p.grad is None:
-            p.grad = buf
-        else:
-            p.grad.add_(buf)
-
-    if need_heads:
-        convention = head_weighting if head_weighting != "auto" else m.head_weighting
-        active = [k for k, l in enumerate(loss_list) if l.requires_grad]
-        if convention == "weighted":
-            lam = outcome.weights
-            if lam is None:
-                raise ValueError(f"method {m.name!r} returns no weights λ; pass head_weighting='sum'")
-            cot = [lam[k].to(dtype=backprop[k].dtype, device=backprop[k].device) for k in active]
-        else:
-            cot = [torch.ones_like(backprop[k]) for k in active]
-        torch.autograd.backward([backprop[k] for k in active], grad_tensors=cot, inputs=heads,
-                                retain_graph=retain_graph)
-    return outcome.info() if return_info else None
+    return materialized_backward(losses, shared_params, method, main_task=main_task, reference_grad=reference_grad,
+                                 head_params=head_params, generator=generator, backend=backend, batched=batched,
+                                 return_info=return_info, head_weighting=head_weighting, retain_graph=retain_graph,
+                                 grad_scaler=grad_scaler, **hyperparameters)

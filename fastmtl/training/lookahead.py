@@ -9,7 +9,7 @@ import torch
 
 from ..methods import Context
 from ..methods.hydalearn import HydaLearn
-from .task_autograd import param_list
+from ..gradients import param_list
 
 __all__ = ["hydalearn_lookahead_weights", "LookaheadResult"]
 

@@ -20,10 +20,9 @@ from typing import Any, List, Optional, Sequence
 
 import torch
 
-from ..api import CombineInfo
-from ..hooks.step import (backward_heads, check_disjoint, cosine_of, head_convention, loss_list, loss_vector,
-                          param_list, refuse_gradient_methods, resolve_method, weights_from_gram)
-from ..ops import gramian, weighted_sum
+from ..pipeline import CombineInfo, prepare, run
+from .steps import backward_heads, check_heads, head_convention, loss_vector, refuse_gradient_methods, resolve_method
+from ..gradients import loss_list, param_list
 
 __all__ = ["representation_backward", "representation_gradients"]
 
@@ -150,28 +149,25 @@ def representation_backward(losses: Any, representation: Any, method: Any = "mea
     if not shared:
         raise ValueError("shared_params is empty")
     heads = param_list(head_params, "head_params")
-    check_disjoint(shared, heads)
-    m = resolve_method(method, hyperparameters, main_task)
+    check_heads(shared, heads, head_weighting)
+    m = resolve_method(method, hyperparameters, main_task=main_task)
     refuse_gradient_methods(m, "representation mode", "use fastmtl.backward without representation=")
-    if reference_grad is not None or (m.uses_reference and getattr(m, "reference", None) is not None):
+    if reference_grad is not None or (m.uses_reference and m.reference is not None):
         raise TypeError(f"a reference gradient (method {m.name!r}) lives in parameter space; representation mode "
                         "has no parameter-space task gradients to compare it with: use fastmtl.backward without "
                         "representation=")
     convention = head_convention(m, head_weighting)
     common_head = _check_paths(L, reps, shared)
 
-    K = len(L)
     # Separate heads: the vmapped pass would run every head on all K cotangents (K² head passes,
     # most on zeros), K passes run each head once. A common head: one vmapped pass.
     if batched is None:
         batched = None if common_head else False
     rgrads = representation_gradients(L, reps, batched=batched, retain_graph=True)
-    need_gram = m.requires_gram or return_info
-    G = gramian(rgrads, backend=backend) if need_gram else None
-    lam = weights_from_gram(m, G if m.requires_gram else None, loss_vector(L), K=K, generator=generator,
-                            device=reps[0].device)
-    d = weighted_sum(rgrads, lam.to(reps[0].device), backend=backend)
-    d = [d] if isinstance(d, torch.Tensor) else list(d)
+    # The combination in z-space is an ordinary combine call on the representation gradients.
+    outcome = run(prepare(rgrads, m, {}, losses=loss_vector(L), generator=generator, backend=backend),
+                  need_info=return_info)
+    lam, d = outcome.weights, outcome.parts
     del rgrads
     pairs = [(z, dz) for z, dz in zip(reps, d) if dz is not None]
     torch.autograd.backward([z for z, _ in pairs], grad_tensors=[dz.to(z.dtype) for z, dz in pairs], inputs=shared,
@@ -179,5 +175,5 @@ def representation_backward(losses: Any, representation: Any, method: Any = "mea
     backward_heads(L, lam, heads, convention, retain_graph, m.name)
     if not return_info:
         return None
-    return CombineInfo(weights=lam, gram=G, cosine=None if G is None else cosine_of(G), method=m,
+    return CombineInfo(weights=lam, gram=outcome.gram, cosine=outcome.info().cosine, method=m,
                        backend="representation")

@@ -8,7 +8,7 @@ from typing import Any, Callable, List, Optional
 import torch
 
 from ..methods.slgrad import SLGrad
-from .task_autograd import param_list
+from ..gradients import param_list
 
 __all__ = ["slgrad_step", "SLGradStepInfo"]
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
+
+from ..gradients import loss_list, param_list
 
 __all__ = ["task_gradients", "BATCHED_AUTO_MAX_ELEMENTS"]
 
@@ -18,41 +20,6 @@ BATCHED_AUTO_MAX_ELEMENTS = 1 << 22
 # Shared-parameter sets (by identity) for which the batched autograd call failed once: later calls
 # use the K-call loop straight away instead of failing again.
 _BATCHED_FAILED: set = set()
-
-
-def loss_list(losses: Any) -> List[torch.Tensor]:
-    if isinstance(losses, torch.Tensor):
-        if losses.dim() > 1:
-            raise ValueError(f"losses must be K scalar losses or a [K] tensor, got shape {tuple(losses.shape)}")
-        out = list(losses.reshape(-1).unbind(0))
-    elif isinstance(losses, Sequence) and not isinstance(losses, (str, bytes)):
-        out = []
-        for k, l in enumerate(losses):
-            if not isinstance(l, torch.Tensor) or l.numel() != 1:
-                raise TypeError(f"loss {k}: expected a scalar tensor, got "
-                                f"{type(l).__name__ if not isinstance(l, torch.Tensor) else tuple(l.shape)}")
-            out.append(l.reshape(()))
-    else:
-        raise TypeError(f"losses must be a sequence of K scalar tensors or a [K] tensor, got {type(losses).__name__}")
-    if not out:
-        raise ValueError("losses is empty (K = 0 tasks)")
-    return out
-
-
-def param_list(params: Any, what: str) -> List[torch.Tensor]:
-    if params is None:
-        return []
-    if isinstance(params, torch.nn.Module):
-        params = params.parameters()
-    if isinstance(params, torch.Tensor):
-        params = [params]
-    out = list(params)
-    for i, p in enumerate(out):
-        if not isinstance(p, torch.Tensor):
-            raise TypeError(f"{what}[{i}]: expected a tensor (parameter), got {type(p).__name__}")
-        if not p.requires_grad:
-            raise ValueError(f"{what}[{i}]: does not require grad")
-    return out
 
 
 def _looped_grads(losses, params, keep_graph):

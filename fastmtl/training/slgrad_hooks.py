@@ -6,9 +6,10 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from ..hooks.capture import hooks_for
+from ..hooks.gram import per_sample_losses, sample_dots
 from ..methods import SLGrad
-from .capture import hooks_for
-from .gram import per_sample_losses, sample_dots
+from .slgrad_step import SLGradStepInfo
 
 __all__ = ["slgrad_backward"]
 
@@ -37,8 +38,6 @@ def slgrad_backward(losses: Any, hooks: Any, *, val_loss_fn: Optional[Callable] 
         :class:`fastmtl.training.SLGradStepInfo` (``lookahead_loss`` is ``None``). The records
         are cleared.
     """
-    from ..training import SLGradStepInfo  # late: fastmtl.training may import this package
-
     hk = hooks_for(hooks)
     if hk is None:
         raise TypeError(f"expected a fastmtl.hooks.GramHooks (or a module one is registered on), got "

@@ -6,12 +6,14 @@ from typing import Any, Optional
 
 import torch
 
-from ..api import CombineInfo
-from .capture import hooks_for
-from .cost import step_cost
-from .gram import param_groups, task_gramian
-from .step import (backward_heads, check_disjoint, cosine_of, head_convention, loss_list, loss_vector, param_list,
-                   refuse_gradient_methods, resolve_method, weights_from_gram)
+from ..hooks.capture import hooks_for
+from ..hooks.cost import step_cost
+from ..hooks.gram import param_groups, task_gramian
+from ..pipeline import CombineInfo, cosine_from_gram
+from .materialized import materialized_backward
+from .steps import (backward_heads, check_heads, head_convention, loss_vector, refuse_gradient_methods,
+                    resolve_method, weights_from_gram)
+from ..gradients import loss_list, param_list
 
 __all__ = ["hooks_backward", "GRAM_MODES"]
 
@@ -74,16 +76,16 @@ def hooks_backward(losses: Any, shared: Any, method: Any = "mean", *, gram_mode:
         raise TypeError("gram_mode='hooks' reads the Gram from module hooks registered before the forward pass: "
                         "create hooks = fastmtl.hooks.GramHooks(trunk) once, run the forward, then pass hooks (or "
                         f"trunk) as the shared argument; got {type(shared).__name__}")
-    m = resolve_method(method, hyperparameters, main_task)
-    if gram_mode == "auto" and m.gram_free_direction:
+    m = resolve_method(method, hyperparameters, main_task=main_task, reference_grad=reference_grad)
+    if gram_mode == "auto" and (m.computes_direction or m.gram_params is not None):
         return _materialize(losses, hooks, m, dict(common, main_task=None), {})
     refuse_gradient_methods(m, "gram_mode='hooks'", "use gram_mode='materialize' (or 'auto')")
-    if reference_grad is not None and not m.uses_reference:
-        raise TypeError(f"method {m.name!r} does not use a reference gradient")
 
     L = loss_list(losses)
+    if not any(l.requires_grad for l in L):
+        raise ValueError("no loss requires grad: nothing to differentiate")
     heads = param_list(head_params, "head_params")
-    check_disjoint(hooks.params, heads)
+    check_heads(hooks.params, heads, head_weighting)
     convention = head_convention(m, head_weighting)
     K = len(L)
     loss_vec = loss_vector(L)
@@ -99,7 +101,7 @@ def hooks_backward(losses: Any, shared: Any, method: Any = "mean", *, gram_mode:
     if need_gram or reference is not None:
         hg = task_gramian(L, hooks, reference=reference, need_gram=need_gram, batched=batched)
     G = None if hg is None else hg.gram
-    lam = weights_from_gram(m, G if m.requires_gram else None, loss_vec, K=K, generator=generator,
+    lam = weights_from_gram(m, G, loss_vec, generator=generator,
                             reference_dots=None if hg is None else hg.reference_dots, device=L[0].device)
     hooks.clear()
 
@@ -115,16 +117,14 @@ def hooks_backward(losses: Any, shared: Any, method: Any = "mean", *, gram_mode:
         backward_heads(L, lam, heads, convention, retain_graph, m.name)
     if not return_info:
         return None
-    return CombineInfo(weights=lam, gram=G, cosine=None if G is None else cosine_of(G), method=m, backend="autograd")
+    return CombineInfo(weights=lam, gram=G, cosine=None if G is None else cosine_from_gram(G), method=m, backend="autograd")
 
 
 def _materialize(losses, shared, method, common, hyperparameters):
-    """``fastmtl.training.backward`` on the shared parameters (the records, if any, are dropped)."""
-    from .. import training
-
+    """The materialised path on the shared parameters (the records, if any, are dropped)."""
     hooks = hooks_for(shared)
     params = shared
     if hooks is not None:
         hooks.clear()
         params = hooks.params
-    return training.backward(losses, params, method, **common, **hyperparameters)
+    return materialized_backward(losses, params, method, **common, **hyperparameters)
