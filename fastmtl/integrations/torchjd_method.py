@@ -2,14 +2,13 @@
 
 ``from_weighting(UPGradWeighting())`` is a :class:`fastmtl.methods.Method`: ``fastmtl.combine``
 and ``fastmtl.backward`` form ``G = J Jᵀ`` with fastmtl's kernels (per-parameter gradients read in
-place, any backend, sharded under ``process_group``), hand G to the TorchJD weighting, and form
+place, any backend), hand G to the TorchJD weighting, and form
 ``Σ λ_k g_k`` with fastmtl's kernels again. Any TorchJD ``Weighting[PSDMatrix]`` works, including
 weightings that fastmtl does not implement and users' own ones.
 
 What fastmtl guarantees for its own methods does not carry over to the weighting: TorchJD's
 solvers may copy G to the host (quadprog, cvxpy), so a step may synchronise with the device, and
-random weightings (PCGrad, GradVac) draw from the global torch RNG, not from ``generator`` (under
-``process_group`` seed it identically on every rank, or the ranks' λ differ).
+random weightings (PCGrad, GradVac) draw from the global torch RNG, not from ``generator``.
 """
 
 from __future__ import annotations
