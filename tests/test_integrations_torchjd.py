@@ -200,7 +200,7 @@ def test_bad_arguments():
         tj.aggregator("upgrd")
     with pytest.raises(TypeError, match="generator must be a torch.Generator"):
         tj.aggregator("pcgrad", generator=0)
-    with pytest.raises(TypeError, match="reference gradient"):
+    with pytest.warns(DeprecationWarning), pytest.raises(TypeError, match="reference gradient"):
         tj.aggregator("hydalearn", reference=[torch.zeros(3)])
     with pytest.raises(ValueError, match="square"):
         tj.weighting("upgrad")(torch.zeros(2, 3))

@@ -49,7 +49,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without TorchJD
                       "fastmtl's 'bench' extra)") from exc
 
 import fastmtl
-from fastmtl.methods import Method, make_method
+from fastmtl.methods import Context, Method, make_method
 
 from .torchjd_method import TorchJDWeighting, from_weighting
 
@@ -84,7 +84,6 @@ class _MethodHolder:
         self.generator = generator
         self.losses: Optional[torch.Tensor] = None
         self._initial = copy.deepcopy(m) if m.stateful else None
-        self._num_tasks: Optional[int] = None
 
     def set_losses(self, losses: Any) -> None:
         """The K task losses of the current step, for methods that read them (``None`` clears them).
@@ -94,17 +93,13 @@ class _MethodHolder:
         self.losses = _losses_vector(losses)
 
     def reset(self) -> None:
-        """Restore the method's state to what it was when this wrapper was built."""
+        """Restore the method's state (and its task count) to what it was when this wrapper was built."""
         if self._initial is not None:
             self.method = copy.deepcopy(self._initial)
-        self._num_tasks = None
 
     def _check_num_tasks(self, K: int) -> None:
-        if self.method.stateful:
-            if self._num_tasks is not None and self._num_tasks != K:
-                raise ValueError(f"this {type(self.method).__name__} saw {self._num_tasks} tasks before, now {K}; "
-                                 "call reset() (TorchJD's Stateful interface) for a different number of tasks")
-            self._num_tasks = K
+        # A stateful method raises for another K (reset() forgets the K it saw).
+        self.method.check_num_tasks(K)
         if self.losses is not None and self.losses.shape[0] != K:
             raise ValueError(f"set_losses() was given {self.losses.shape[0]} losses but the Jacobian has {K} rows")
 
@@ -121,7 +116,7 @@ class FastMTLWeighting(_MethodHolder, Weighting[PSDMatrix]):
                  **hyperparameters: Any):
         Weighting.__init__(self)
         m = _build(method, hyperparameters)
-        if m.gram_free_direction:
+        if m.computes_direction:
             raise TypeError(f"method {m.name!r} is not a weighting of the task gradients (its direction is not "
                             "Σ λ_k g_k): use fastmtl.integrations.torchjd.aggregator, which runs it on the Jacobian")
         self._hold(m, generator)
@@ -137,8 +132,9 @@ class FastMTLWeighting(_MethodHolder, Weighting[PSDMatrix]):
         finite = torch.isfinite(G).all()
         G = torch.where(finite, G, torch.zeros((), dtype=G.dtype, device=G.device))
         losses = None if self.losses is None else self.losses.to(G.device)
-        lam = self.method.weights(G, losses=losses, generator=self.generator, reference_dots=None, num_tasks=K,
-                                  device=G.device)
+        ctx = Context(num_tasks=K, device=G.device, losses=losses, generator=self.generator)
+        lam = self.method.weights(G if self.method.requires_gram else None, ctx)
+        self.method.record_num_tasks(K)
         if self.method.requires_gram:
             lam = torch.where(finite, lam, torch.full_like(lam, float("nan")))
         return lam.to(dtype=gramian.dtype)
@@ -215,7 +211,9 @@ class FastMTLCombineAggregator(_MethodHolder, Aggregator):
         self.backend = backend
 
     def forward(self, matrix: torch.Tensor, /) -> torch.Tensor:
-        self._check_num_tasks(matrix.shape[0])
+        if self.losses is not None and self.losses.shape[0] != matrix.shape[0]:
+            raise ValueError(f"set_losses() was given {self.losses.shape[0]} losses but the Jacobian has "
+                             f"{matrix.shape[0]} rows")
         losses = None if self.losses is None else self.losses.to(matrix.device)
         return fastmtl.combine(matrix.detach(), self.method, losses=losses, generator=self.generator,
                                backend=self.backend)
@@ -253,7 +251,7 @@ def aggregator(method: Any = "upgrad", *, generator: Optional[torch.Generator] =
     that is also TorchJD's ``Stateful``. ``backend`` selects fastmtl's kernels (default automatic).
     """
     m = _build(method, hyperparameters)
-    if m.gram_free_direction:
+    if m.computes_direction:
         cls = _StatefulFastMTLCombineAggregator if m.stateful else FastMTLCombineAggregator
         return cls(m, generator=generator, backend=backend)
     w = weighting(m, generator=generator)

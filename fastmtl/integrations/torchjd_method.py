@@ -22,7 +22,7 @@ from torchjd import Stateful
 from torchjd.aggregation import GramianWeightedAggregator, Weighting
 from torchjd.linalg import Matrix, PSDMatrix
 
-from fastmtl.methods import Method
+from fastmtl.methods import Context, GramMethod
 
 __all__ = ["TorchJDWeighting", "from_weighting"]
 
@@ -40,7 +40,7 @@ def _declared_input(w: Weighting) -> Optional[type]:
     return _declared_input(inner) if isinstance(inner, Weighting) and inner is not w else None
 
 
-class TorchJDWeighting(Method):
+class TorchJDWeighting(GramMethod):
     """A TorchJD ``Weighting[PSDMatrix]`` as a fastmtl method: ``λ = weighting(G)``.
 
     Paper, formula, defaults and scale are the TorchJD weighting's; λ is returned in float64 on
@@ -81,9 +81,7 @@ class TorchJDWeighting(Method):
         # Per instance: the wrapped weighting decides whether there is state across steps.
         self.stateful = isinstance(weighting, Stateful)
 
-    def weights(self, G: Optional[torch.Tensor], *, losses: Optional[torch.Tensor] = None,
-                generator: Optional[torch.Generator] = None, reference_dots: Optional[torch.Tensor] = None,
-                num_tasks: Optional[int] = None, device: Optional[torch.device] = None) -> torch.Tensor:
+    def weights(self, G: Optional[torch.Tensor], ctx: Context) -> torch.Tensor:
         if G is None:
             raise ValueError("a TorchJD weighting needs the Gram matrix G")
         K = G.shape[0]
@@ -92,7 +90,7 @@ class TorchJDWeighting(Method):
         if not isinstance(lam, torch.Tensor) or lam.shape != (K,):
             raise ValueError(f"{type(self.weighting).__name__} returned "
                              f"{getattr(lam, 'shape', type(lam).__name__)} for a {K}×{K} Gramian, not {K} weights")
-        return lam.detach().to(device=G.device, dtype=torch.float64)
+        return lam.detach().to(device=ctx.device, dtype=torch.float64)
 
     def reset(self) -> None:
         """Reset the TorchJD weighting's state (its ``reset()``); a no-op for a stateless one."""
