@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 import _libmtl_standin as L
-from fastmtl.integrations.libmtl import FastMTLWeighting, weighting
+from fastmtl.integrations.libmtl import LibMTLWeighting, weighting
 
 TASKS = ["depth", "seg", "normal"]
 
@@ -214,4 +214,4 @@ def test_bad_input():
     with pytest.raises(NotImplementedError, match="one representation per task"):
         model.backward(losses)
     with pytest.raises(RuntimeError, match="init_param"):
-        FastMTLWeighting().backward(losses)
+        LibMTLWeighting().backward(losses)

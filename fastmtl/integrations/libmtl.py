@@ -48,10 +48,10 @@ import fastmtl
 from fastmtl.methods import METHODS, UW, Method, make_method
 from fastmtl.training import head_weighting as method_head_weighting
 
-__all__ = ["weighting", "FastMTLWeighting"]
+__all__ = ["weighting", "LibMTLWeighting"]
 
 
-class FastMTLWeighting(torch.nn.Module):
+class LibMTLWeighting(torch.nn.Module):
     """LibMTL ``AbsWeighting`` interface over a fastmtl method; configure it with :func:`weighting`.
 
     Class attributes set by :func:`weighting`: ``fastmtl_method`` (name, class or instance),
@@ -182,4 +182,4 @@ def weighting(method: Any = "mean", *, generator: Optional[torch.Generator] = No
     attrs = dict(fastmtl_method=method, fastmtl_hyperparameters=dict(hyperparameters), fastmtl_generator=generator,
                  fastmtl_return_weights=bool(return_weights), fastmtl_head_weighting=head_weighting,
                  __doc__=f"LibMTL weighting running fastmtl's {probe.name!r} method.", __module__=__name__)
-    return type(f"FastMTL_{probe.name}", (FastMTLWeighting,), attrs)
+    return type(f"FastMTL_{probe.name}", (LibMTLWeighting,), attrs)
