@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -123,3 +126,12 @@ def test_tensorboard_example_writes_the_scalars(tmp_path):
         logged = acc.Scalars(tag)
         assert [e.step for e in logged] == [0, 1, 2]
         assert logged[-1].value == pytest.approx(float(value), rel=1e-6, abs=1e-7)
+
+
+def test_integrations_package_imports_no_peer_library():
+    code = ("import sys, fastmtl.integrations, fastmtl.integrations.logging, fastmtl.integrations.peer_names\n"
+            "loaded = [m for m in ('torchjd', 'lightning', 'pytorch_lightning', 'tensorboard') if m in sys.modules]\n"
+            "assert not loaded, loaded\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -34,8 +34,7 @@ The callback
 Not covered, and refused with an error rather than run wrongly: automatic optimisation; more than
 one process (each rank would combine its own unsynchronised gradients: use
 :func:`fastmtl.distributed.ddp_combine` or ``combine(..., process_group=...)`` in your step);
-``precision="16-mixed"`` with its gradient scaler, until :func:`fastmtl.backward` accepts one
-(``bf16-mixed`` needs no scaler and works).
+``precision="16-mixed"`` with its gradient scaler (``bf16-mixed`` needs no scaler and works).
 
 Imports ``lightning`` (or, without it, ``pytorch_lightning``); the callback derives from that
 package's ``Callback``.
@@ -43,7 +42,6 @@ package's ``Callback``.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Optional, Sequence
 
 import torch
@@ -126,10 +124,12 @@ class FastMTLCallback(Callback):
                                       "would combine its own gradients without synchronising them. Use "
                                       "fastmtl.distributed.ddp_combine or combine(..., process_group=...) in "
                                       "training_step")
-        scaler = getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
-        if scaler is not None and "scaler" not in inspect.signature(fastmtl.backward).parameters:
+        # Lightning's optimizer step unscales .grad with the plugin's GradScaler, so the gradients
+        # written here would have to be scaled as scaler.scale(loss).backward() scales them.
+        if getattr(getattr(trainer, "precision_plugin", None), "scaler", None) is not None:
             raise NotImplementedError("precision='16-mixed' scales the loss with a GradScaler, which "
-                                      "fastmtl.backward does not take yet; use precision='bf16-mixed' or '32'")
+                                      "FastMTLCallback does not pass to fastmtl.backward; use precision='bf16-mixed' "
+                                      "or '32'")
 
     # -- Lightning hooks --------------------------------------------------------------------------
 
