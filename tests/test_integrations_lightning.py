@@ -126,12 +126,12 @@ def test_refuses_settings_it_cannot_run_correctly():
                                    _trainer=types.SimpleNamespace(world_size=2, precision_plugin=None))
     with pytest.raises(NotImplementedError, match="ddp_combine"):
         cb.backward(module, losses, [torch.ones(1, requires_grad=True)])
-    module._trainer = types.SimpleNamespace(world_size=1, precision_plugin=types.SimpleNamespace(scaler=object()))
-    with pytest.raises(NotImplementedError, match="GradScaler"):
-        cb.backward(module, losses, [torch.ones(1, requires_grad=True)])
     module.automatic_optimization = True
     with pytest.raises(RuntimeError, match="manual optimisation"):
         cb.backward(module, losses, [torch.ones(1, requires_grad=True)])
+    with pytest.raises(TypeError, match="grad_scaler= is set by the callback"):
+        FastMTLCallback("mean").backward(types.SimpleNamespace(automatic_optimization=False), losses,
+                                         [torch.ones(1, requires_grad=True)], grad_scaler=None)
     with pytest.raises(TypeError, match="generator= is set by the callback"):
         FastMTLCallback("pcgrad").backward(types.SimpleNamespace(automatic_optimization=False), losses,
                                            [torch.ones(1, requires_grad=True)], generator=torch.Generator())
@@ -142,3 +142,47 @@ def test_refuses_settings_it_cannot_run_correctly():
     state = FastMTLCallback("pcgrad", generator=torch.Generator()).state_dict()
     with pytest.raises(ValueError, match="no generator"):
         FastMTLCallback("pcgrad").load_state_dict(state)
+
+
+def test_the_trainers_grad_scaler_reaches_fastmtl_backward():
+    # 16-mixed: Lightning's optimizer step unscales .grad with its GradScaler, so the callback must
+    # leave the scaled direction there, as fastmtl.backward(grad_scaler=...) does.
+    torch.manual_seed(4)
+    model = EX.MultiTaskRegression("upgrad")
+    batch = next(iter(_loader()))
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+    module = types.SimpleNamespace(automatic_optimization=False, log_dict=lambda *a, **k: None,
+                                   _trainer=types.SimpleNamespace(world_size=1,
+                                                                  precision_plugin=types.SimpleNamespace(scaler=scaler)))
+    model.mtl.backward(module, model.task_losses(batch), model.trunk.parameters(), head_params=model.heads)
+    scaled = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad(set_to_none=True)
+    fastmtl.backward(model.task_losses(batch), model.trunk.parameters(), "upgrad", head_params=model.heads)
+    for s_grad, p in zip(scaled, model.parameters()):
+        torch.testing.assert_close(s_grad, 1024.0 * p.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_16_mixed_with_a_grad_scaler_trains_like_the_plain_loop():
+    from lightning.pytorch.plugins import MixedPrecision
+
+    def scaler():
+        return torch.amp.GradScaler("cpu", init_scale=2.0 ** 8, growth_interval=2)
+
+    torch.manual_seed(5)
+    ours = EX.MultiTaskRegression("mgda")
+    trainer = L.Trainer(max_epochs=1, plugins=[MixedPrecision("16-mixed", "cpu", scaler=scaler())], **QUIET)
+    trainer.fit(ours, _loader())
+
+    torch.manual_seed(5)
+    ref = EX.MultiTaskRegression("mgda")
+    opt, s = ref.configure_optimizers(), scaler()
+    for batch in _loader():
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=torch.float16):
+            losses = ref.task_losses(batch)
+            fastmtl.backward(losses, ref.trunk.parameters(), ref.mtl.method, head_params=ref.heads, grad_scaler=s)
+        s.step(opt)
+        s.update()
+    assert float(s.get_scale()) != 2.0 ** 8                # the scaler did act (growth every 2 steps)
+    for a, b in zip(ours.parameters(), ref.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)

@@ -31,10 +31,14 @@ The callback
 * saves the method's state (and the generator's) in Lightning checkpoints and restores it on
   resume.
 
+Mixed precision: with ``precision="16-mixed"`` the Trainer's ``GradScaler`` is passed to
+:func:`fastmtl.backward` (``grad_scaler=``), so ``.grad`` holds the scaled direction that
+Lightning's optimizer step unscales, and overflowing steps are skipped; ``bf16-mixed`` needs no
+scaler.
+
 Not covered, and refused with an error rather than run wrongly: automatic optimisation; more than
 one process (each rank would combine its own unsynchronised gradients: use
-:func:`fastmtl.distributed.ddp_combine` or ``combine(..., process_group=...)`` in your step);
-``precision="16-mixed"`` with its gradient scaler (``bf16-mixed`` needs no scaler and works).
+:func:`fastmtl.distributed.ddp_combine` or ``combine(..., process_group=...)`` in your step).
 
 Imports ``lightning`` (or, without it, ``pytorch_lightning``); the callback derives from that
 package's ``Callback``.
@@ -101,35 +105,36 @@ class FastMTLCallback(Callback):
         between ``optimizer.zero_grad()`` and ``optimizer.step()``. With ``log=False`` and
         ``return_info=False``, loss-only methods skip the Gram pass.
         """
-        self._check_setting(pl_module)
-        if "generator" in kwargs:
-            raise TypeError("generator= is set by the callback: FastMTLCallback(..., generator=...)")
+        scaler = self._check_setting(pl_module)
+        for reserved in ("generator", "grad_scaler"):
+            if reserved in kwargs:
+                raise TypeError(f"{reserved}= is set by the callback (the generator given to FastMTLCallback, the "
+                                "Trainer's GradScaler)")
         info = fastmtl.backward(losses, shared_params, self.method, head_params=head_params, generator=self.generator,
-                                return_info=self.log or return_info, **kwargs)
+                                return_info=self.log or return_info, grad_scaler=scaler, **kwargs)
         if self.log:
             values = scalars(info, self.log_prefix, task_names=self.task_names, losses=losses,
                              cosines=self.log_cosines)
             pl_module.log_dict(values, on_step=True, on_epoch=False)
         return info if return_info else None
 
-    def _check_setting(self, pl_module: Any) -> None:
+    def _check_setting(self, pl_module: Any):
+        """Refuse what would run wrongly; returns the Trainer's GradScaler (``16-mixed``) or ``None``."""
         if getattr(pl_module, "automatic_optimization", False):
             raise RuntimeError("FastMTLCallback.backward needs manual optimisation: set "
                                "self.automatic_optimization = False in the LightningModule")
         trainer = getattr(pl_module, "_trainer", None)
         if trainer is None:
-            return
+            return None
         if getattr(trainer, "world_size", 1) > 1:
             raise NotImplementedError("FastMTLCallback runs fastmtl.backward on one process; with several, each rank "
                                       "would combine its own gradients without synchronising them. Use "
                                       "fastmtl.distributed.ddp_combine or combine(..., process_group=...) in "
                                       "training_step")
-        # Lightning's optimizer step unscales .grad with the plugin's GradScaler, so the gradients
-        # written here would have to be scaled as scaler.scale(loss).backward() scales them.
-        if getattr(getattr(trainer, "precision_plugin", None), "scaler", None) is not None:
-            raise NotImplementedError("precision='16-mixed' scales the loss with a GradScaler, which "
-                                      "FastMTLCallback does not pass to fastmtl.backward; use precision='bf16-mixed' "
-                                      "or '32'")
+        # Lightning's optimizer step unscales .grad with the precision plugin's GradScaler (and skips
+        # overflowing steps): fastmtl.backward(grad_scaler=...) leaves s·d in .grad, as a scaled
+        # loss.backward() would.
+        return getattr(getattr(trainer, "precision_plugin", None), "scaler", None)
 
     # -- Lightning hooks --------------------------------------------------------------------------
 
