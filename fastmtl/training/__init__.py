@@ -8,14 +8,23 @@
   backward passes.
 * :func:`hydalearn_lookahead_weights` — HydaLearn's exact ("fake update") gains, with the
   parameters and the optimizer state restored bitwise afterwards.
+* :func:`auto_lambda_step` — Auto-λ's bilevel meta step on the same kind of fake step
+  (:class:`FakeStep`).
+* :func:`double_sampling_backward` — MoDo's / SDMGrad's step from two or three independent
+  minibatches.
 
-One module each: :mod:`.task_autograd`, :mod:`.backward`, :mod:`.slgrad_step`, :mod:`.lookahead`.
+One module each: :mod:`.task_autograd`, :mod:`.backward`, :mod:`.slgrad_step`, :mod:`.lookahead`,
+:mod:`.fake_step`, :mod:`.auto_lambda_step`, :mod:`.double_sampling`.
 """
 
+from .auto_lambda_step import AutoLambdaStepInfo, auto_lambda_step
 from .backward import UNWEIGHTED_HEAD_METHODS, backward, head_weighting
+from .double_sampling import DoubleSamplingInfo, double_sampling_backward
+from .fake_step import FakeStep
 from .lookahead import LookaheadResult, hydalearn_lookahead_weights
 from .slgrad_step import SLGradStepInfo, slgrad_step
 from .task_autograd import BATCHED_AUTO_MAX_ELEMENTS, task_gradients
 
 __all__ = ["backward", "task_gradients", "head_weighting", "UNWEIGHTED_HEAD_METHODS", "slgrad_step",
-           "SLGradStepInfo", "hydalearn_lookahead_weights", "LookaheadResult", "BATCHED_AUTO_MAX_ELEMENTS"]
+           "SLGradStepInfo", "hydalearn_lookahead_weights", "LookaheadResult", "BATCHED_AUTO_MAX_ELEMENTS",
+           "auto_lambda_step", "AutoLambdaStepInfo", "double_sampling_backward", "DoubleSamplingInfo", "FakeStep"]
