@@ -7,7 +7,6 @@ from typing import Optional
 import torch
 
 from ..collectives import all_reduce_sum
-from ..gradients import accumulate_dtype
 from .base import Direction, DirectionMethod
 from .common import check_positive
 from .registry import register_method
@@ -85,22 +84,23 @@ class ExcessMTL(RowBuffers, DirectionMethod):
 
     def _excess_risks(self, tg) -> torch.Tensor:
         """``e_k = Σ_j g_kj²/√(S_kj + eps)`` after adding ``g ⊙ g`` to ``S`` (this rank's coordinates)."""
-        K, acc = tg.num_tasks, accumulate_dtype(tg.dtype)
+        K = tg.num_tasks
         e = torch.zeros(K, dtype=torch.float64, device=tg.device)
         for p in range(tg.num_params):
             if tg.shapes[p] is None:
                 continue
             S = self.buffer(tg, p)
+            # One temporary per parameter: r = g ⊙ g / √(S + eps), formed in place.
             if tg.matrix is not None:
-                g2 = tg.matrix.to(acc).square()
-                S.add_(g2)
-                e += (g2 / torch.sqrt(S + self.eps)).sum(1).to(torch.float64)
+                S.addcmul_(tg.matrix, tg.matrix)
+                r = torch.add(S, self.eps).rsqrt_().mul_(tg.matrix).mul_(tg.matrix)
+                e += r.sum(1).to(torch.float64)
                 continue
             for k, t in enumerate(tg.flat_views(p)):
                 if t is not None:
-                    g2 = t.to(acc).square()
-                    S[k].add_(g2)
-                    e[k] += (g2 / torch.sqrt(S[k] + self.eps)).sum().to(torch.float64)
+                    S[k].addcmul_(t, t)
+                    r = torch.add(S[k], self.eps).rsqrt_().mul_(t).mul_(t)
+                    e[k] += r.sum().to(torch.float64)
         return e
 
     def direction(self, engine, ctx):
