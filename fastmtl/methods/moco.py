@@ -42,7 +42,9 @@ class MoCo(RowBuffers, DirectionMethod):
     The paper's projection of each ``y_k`` onto a ball of radius ``L_k`` (a bounded-gradient
     assumption of the analysis) is in neither code and is not applied. The direction combines the
     *tracked* vectors, not the current gradients, so ``info.weights`` is ``None``; the last λ is
-    :attr:`lambd`. Only ``Y Yᵀ`` (K×K) enters the λ update: one Gram of the buffer per call.
+    :attr:`lambd`. Only ``Y Yᵀ`` (K×K) enters the λ update: one Gram of the buffer per call. A
+    task without a gradient for a parameter contributes zeros there; a parameter that no task
+    reaches in a call gets a ``None`` direction (its tracked rows still decay), as in DB-MTL.
 
     Defaults: ``variant="paper"``: ``beta=0.1, gamma=0.1, rho=0.1``, no decay (the authors'
     configuration); ``variant="libmtl"``: ``beta=0.5, beta_sigma=0.5, gamma=0.1, gamma_sigma=0.5,
