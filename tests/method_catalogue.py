@@ -104,6 +104,14 @@ CATALOGUE = {
     "uw": Entry(oracle=lambda J, c: 0.5 * J.sum(0)),          # λ = ½e^{−s}, s = 0 at the first call
     "dwa": Entry(needs_losses=True, oracle=lambda J, c: J.sum(0)),  # λ = 1 in the first two epochs
     "rlw": Entry(oracle=_rlw),
+    # Stateful methods, first call of a fresh instance; several steps: tests/test_methods_stateful.py.
+    "modo": Entry(oracle=lambda J, c: L.modo_literal([J])[0][0]),
+    "sdmgrad": Entry(oracle=lambda J, c: L.sdmgrad_literal([J])[0][0]),
+    "cr_mogm": Entry(oracle=lambda J, c: L.cr_mogm_literal([J])[0][0], tol=1e-5),  # λ_0 = λ̂_1: MGDA's weights
+    "moco": Entry(oracle=lambda J, c: L.moco_literal([J])[0][0], plain_torch_direction=True),
+    "excess_mtl": Entry(oracle=lambda J, c: L.excess_mtl_literal([J])[0][0]),   # the baseline call: λ = 1
+    "stch": Entry(needs_losses=True, oracle=lambda J, c: _lam(J, L.stch_literal([c.losses], [0])[0])),
+    "auto_lambda": Entry(oracle=lambda J, c: 0.1 * J.sum(0)),   # λ = w = init before any meta step
     "graddrop": Entry(elsewhere="tests/test_graddrop_method.py (Philox-matched literal masks)", primitive="graddrop"),
     "slgrad": Entry(needs_reference=True, oracle=_slgrad),
 }

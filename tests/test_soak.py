@@ -46,7 +46,8 @@ RSS_SLACK = 4 << 20
 
 # Extra configurations whose state or λ differ from the defaults'.
 EXTRA = [("gradvac", {"granularity": "per_param"}), ("gradnorm", {"variant": "libmtl"}),
-         ("dwa", {"window": 3}), ("uw", {"lr": 0.05}), ("olaux", {"horizon": 2})]
+         ("dwa", {"window": 3}), ("uw", {"lr": 0.05}), ("olaux", {"horizon": 2}),
+         ("moco", {"variant": "libmtl"}), ("moco", {"normalization": "l2"})]
 
 TOL = 1e-9
 
@@ -104,7 +105,14 @@ RANGES = {
     # Projection/correction coefficients: λ = Σ_i C_i with C_ii = 1 and corrections of either
     # sign; only finiteness is documented.
     "pcgrad": _any, "wpcgrad": _any, "gradvac": _any, "config": _any, "aligned_mtl": _any,
+    "modo": _simplex,                      # Π_Δ of the projected-gradient step
+    "sdmgrad": _simplex,                   # (w + λ_pref·w̃)/(1 + λ_pref), w and w̃ on the simplex
+    "cr_mogm": _simplex,                   # EMA of the default base's (MGDA's) simplex weights
+    "excess_mtl": _sum_to(lambda K: K),    # K·softmax(log λ + η e/e⁰)
+    "stch": _at_least(lambda K: 0.0),      # K·softmax(u/μ)_i/(ℓ_i + εn_i) > 0 (warm-up: 1/(ℓ_i + ε))
+    "auto_lambda": _any,                   # the meta-weights as they are (signs free, no normalisation)
     "graddrop": None, "db_mtl": None,
+    "moco": None,                          # combines the tracked gradients (no λ of the current ones)
     "slgrad": None,                        # checked on slgrad_step's weights instead
 }
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from typing import Any, Callable, NamedTuple, Optional
 
 import torch
@@ -10,6 +9,7 @@ import torch
 from ..methods import Context
 from ..methods.hydalearn import HydaLearn
 from ..gradients import param_list
+from .fake_step import restore_optimizer, snapshot_optimizer
 
 __all__ = ["hydalearn_lookahead_weights", "LookaheadResult"]
 
@@ -22,42 +22,6 @@ class LookaheadResult(NamedTuple):
     gains: torch.Tensor
     base_metric: torch.Tensor
     metrics: torch.Tensor
-
-
-def _snapshot_optimizer(optimizer: torch.optim.Optimizer):
-    state = {}
-    for p, s in optimizer.state.items():
-        state[p] = {k: (v.clone() if isinstance(v, torch.Tensor) else _copy_value(v)) for k, v in s.items()}
-    groups = [{k: _copy_value(v) for k, v in g.items() if k != "params"} for g in optimizer.param_groups]
-    return state, groups
-
-
-def _copy_value(v):
-    return copy.deepcopy(v)
-
-
-def _restore_optimizer(optimizer: torch.optim.Optimizer, snap) -> None:
-    state, groups = snap
-    for p in list(optimizer.state.keys()):
-        if p not in state:
-            del optimizer.state[p]
-    for p, saved in state.items():
-        live = optimizer.state[p]
-        for k in list(live.keys()):
-            if k not in saved:
-                del live[k]
-        for k, v in saved.items():
-            cur = live.get(k)
-            if isinstance(v, torch.Tensor) and isinstance(cur, torch.Tensor) and cur.shape == v.shape \
-                    and cur.dtype == v.dtype and cur.device == v.device:
-                cur.copy_(v)  # in place: keeps tensor identity (fused / capturable optimizers)
-            else:
-                live[k] = v
-    for g, saved in zip(optimizer.param_groups, groups):
-        for k in list(g.keys()):
-            if k != "params" and k not in saved:
-                del g[k]
-        g.update(saved)
 
 
 def hydalearn_lookahead_weights(params: Any, optimizer: Optional[torch.optim.Optimizer], task_grads: Any,
@@ -125,7 +89,7 @@ def hydalearn_lookahead_weights(params: Any, optimizer: Optional[torch.optim.Opt
     plist_all = plist + others
     saved_params = [p.detach().clone() for p in plist_all]
     saved_grads = [None if p.grad is None else p.grad.detach().clone() for p in plist_all]
-    snap = _snapshot_optimizer(optimizer) if optimizer is not None else None
+    snap = snapshot_optimizer(optimizer) if optimizer is not None else None
     for p in others:
         p.grad = None
 
@@ -150,7 +114,7 @@ def hydalearn_lookahead_weights(params: Any, optimizer: Optional[torch.optim.Opt
                 for p, s in zip(plist_all, saved_params):
                     p.copy_(s)
             if snap is not None:
-                _restore_optimizer(optimizer, snap)
+                restore_optimizer(optimizer, snap)
     finally:
         with torch.no_grad():
             for p, s in zip(plist_all, saved_params):
@@ -163,7 +127,7 @@ def hydalearn_lookahead_weights(params: Any, optimizer: Optional[torch.optim.Opt
             else:
                 p.grad.copy_(g)
         if snap is not None:
-            _restore_optimizer(optimizer, snap)
+            restore_optimizer(optimizer, snap)
     metrics_t = torch.stack(metrics)
     gains = sign * (metrics_t - base)
     rule = HydaLearn(main_task=main_task, normalize=normalize, fallback=fallback)

@@ -19,7 +19,8 @@ Conventions shared by all functions:
 Files: ``common`` (helpers), ``projection`` (PCGrad, weighted PCGrad, GradVac), ``simplex``
 (CAGrad, MGDA), ``dual_cone`` (UPGrad, DualProj), ``balancing`` (IMTL-G, Aligned-MTL, ConFIG,
 Nash-MTL), ``auxiliary`` (HydaLearn, GCosSim, OL-AUX), ``loss_weighting`` (DB-MTL, GradNorm,
-GeMTL, FAMO). A new method's oracle goes into its family's file (or a new one) and is listed here.
+GeMTL, FAMO), ``stateful`` (MoDo, SDMGrad, MoCo, ExcessMTL, CR-MOGM, STCH over several steps),
+``training`` (Auto-λ's look-ahead step on a model). A new method's oracle goes into its family's file (or a new one) and is listed here.
 """
 
 from .auxiliary import *  # noqa: F401,F403
@@ -29,7 +30,10 @@ from .dual_cone import *  # noqa: F401,F403
 from .loss_weighting import *  # noqa: F401,F403
 from .projection import *  # noqa: F401,F403
 from .simplex import *  # noqa: F401,F403
-from . import auxiliary, balancing, common, dual_cone, loss_weighting, projection, simplex
+from .stateful import *  # noqa: F401,F403
+from .training import *  # noqa: F401,F403
+from . import auxiliary, balancing, common, dual_cone, loss_weighting, projection, simplex, stateful, training
 
-__all__ = [name for module in (common, projection, simplex, dual_cone, balancing, auxiliary, loss_weighting)
+__all__ = [name for module in (common, projection, simplex, dual_cone, balancing, auxiliary, loss_weighting,
+                                 stateful, training)
            for name in module.__all__]
