@@ -125,11 +125,21 @@ def run_b3(seeds, quick: bool, out_dir: str) -> str:
             draw = functools.partial(exp_io.plot_grouped_bars, grouped, ("main MAE", "w noisy/clean main"),
                                      title=title)
         out.append(_emit(name, title, sub, table, metrics, out_dir, seconds, plot, draw))
-    paper = {k.split(": ", 1)[1]: v for k, v in traces.items() if k.startswith("paper: ")}
-    if paper:
-        exp_io.plot_trajectories(paper, os.path.join(out_dir, "b3_weights.png"), xlabel="epoch",
+    # One line per seed (no band): seeds differ in kind here (a dead head freezes SLGrad's weights at 0).
+    panels = {}
+    for key, tr in traces.items():
+        if not key.startswith("paper: "):
+            continue
+        method = key.split(": ", 1)[1]
+        for step, prefix in (("", ""), (" (look-ahead step)", "LA-step ")):
+            if f"{prefix}w noisy main" in tr:
+                panels[method + step] = {f"seed {s} {kind}": tr[f"{prefix}w {kind} main"][i:i + 1]
+                                         for i, s in enumerate(seeds) for kind in ("clean", "noisy")}
+    if panels:
+        exp_io.plot_trajectories(panels, os.path.join(out_dir, "b3_weights.png"), xlabel="epoch",
                                  ylabel="weight / uniform 1/(K·B)",
-                                 title="SLGrad weights on corrupted vs clean main samples (B3, code's configuration)")
+                                 title="SLGrad weights on corrupted vs clean main samples per epoch "
+                                       "(B3, code's configuration)")
     return "".join(out)
 
 

@@ -85,6 +85,7 @@ def train_toyreg(problem: Problem, method: str, seed: int, *, optimizer: str = "
     wcnt = torch.zeros_like(wsum)
     aux_share = torch.zeros(problem.epochs, dtype=torch.float64)
     la_sum = torch.zeros(problem.epochs, 2, dtype=torch.float64)  # look-ahead step, main: noisy / clean
+    frozen = 0  # SLGrad steps whose weights are all 0 (zero validation gradient): no update
     # The look-ahead step's weights: a [K, batch] buffer as in the code, whose short last batch
     # overwrites the first columns only (the code also normalises over the stale rest; not here).
     prev_W = torch.full((K, bs), 1.0 / (K * bs), dtype=torch.float64)
@@ -123,6 +124,7 @@ def train_toyreg(problem: Problem, method: str, seed: int, *, optimizer: str = "
                 wcnt[epoch, :, 1] += (~mask).sum(1)
                 tot = float(W.sum())
                 aux_share[epoch] += float(W[1:].sum()) / tot if tot > 0 else 0.0
+                frozen += tot == 0
                 continue
             opt.zero_grad(set_to_none=True)
             if method == "stl":
@@ -159,11 +161,15 @@ def train_toyreg(problem: Problem, method: str, seed: int, *, optimizer: str = "
             for j, kind in enumerate(("noisy", "clean")):
                 if tot_c[0, j] > 0:
                     diag[f"LA-step w {kind} main"] = float(la_sum[:, j].sum() / tot_c[0, j])
+        diag["frozen steps"] = frozen / (problem.epochs * math.ceil(n / bs))
     with torch.no_grad():  # the 1-unit ReLU head of the recipe can die: a constant main output
-        diag["dead main head"] = float(float(model(problem.test[0])[0].std()) < 1e-6)
+        std = float(model(problem.test[0])[0].std())
+    diag["main pred std"] = std
+    diag["dead main head"] = float(std < 1e-6)
     trace = {"w noisy main": rel_w[:, 0, 0], "w clean main": rel_w[:, 0, 1], "aux share": aux_share}
     if lookahead:
         trace["LA-step w noisy main"] = la_sum[:, 0] / wcnt[:, 0, 0].clamp_min(1)
+        trace["LA-step w clean main"] = la_sum[:, 1] / wcnt[:, 0, 1].clamp_min(1)
     return {"metrics": metrics, "diag": diag, "trace": trace}
 
 
@@ -188,10 +194,12 @@ def b3_settings(quick: bool) -> Dict[str, Tuple[dict, str, Sequence[str]]]:
 
 #: Columns of the B3 tables: test MAEs, SLGrad's weights relative to uniform on corrupted / clean
 #: main-task samples (second step; the look-ahead step's positional weights), the auxiliary's
-#: share of the total weight, and the fraction of seeds whose 1-unit ReLU main head is dead.
+#: share of the total weight, the spread of the main head's test predictions, SLGrad's steps with
+#: all weights 0 (no update), and the fraction of seeds whose 1-unit ReLU main head is dead.
 B3_METRICS = ("main MAE", "aux MAE", "w noisy main", "w clean main", "LA-step w noisy main", "LA-step w clean main",
-              "aux share", "dead main head")
-B3_OPTION_METRICS = ("main MAE", "aux MAE", "w noisy/clean main", "w noisy aux", "w clean aux", "dead main head")
+              "aux share", "main pred std", "frozen steps", "dead main head")
+B3_OPTION_METRICS = ("main MAE", "aux MAE", "w noisy/clean main", "w noisy aux", "w clean aux", "frozen steps",
+                     "dead main head")
 
 
 def b3_experiment(seeds: Sequence[int] = (0, 1, 2), *, quick: bool = False, settings: Optional[Sequence[str]] = None,
