@@ -101,7 +101,7 @@ def test_auc_matches_pairwise_definition():
     s = torch.tensor([0.1, 0.4, 0.35, 0.8, 0.4])
     y = torch.tensor([0.0, 0.0, 1.0, 1.0, 1.0])
     # positive vs negative pairs: 0.35 beats 0.1 not 0.4; 0.8 beats both; 0.4 beats 0.1 and ties 0.4
-    assert experiments._auc(s, y) == pytest.approx((1 + 0 + 1 + 1 + 1 + 0.5) / 6)
+    assert experiments.auc(s, y) == pytest.approx((1 + 0 + 1 + 1 + 1 + 0.5) / 6)
 
 
 # ---------------------------------------------------------------------------------------------------

