@@ -35,6 +35,7 @@ class GCosSim(GramMethod):
     uses_generator = False
 
     name = "gcosim"
+    head_weighting = "sum"  # each head gets its own task's gradient, as in the SLGrad code's baseline
 
     def __init__(self, main_task: int = 0):
         if not isinstance(main_task, int) or isinstance(main_task, bool) or main_task < 0:

@@ -75,6 +75,11 @@ def slgrad_step(model_fn: Any, per_sample_losses_fn: Callable, val_loss_fn: Opti
         then ``L = c Σ_{t,e} W_{t,e} ℓ_{t,e}`` is back-propagated, ``c = 1/B``
         (``scale="paper_code"``, the authors' code) or ``c = 1`` (``"convex"``).
 
+    When no pair has a positive alignment with ``v`` (e.g. the validation gradient is zero because
+    a ReLU head is dead on every validation input) every ``W`` is 0 and the step leaves ``.grad``
+    unchanged: the model is not updated, exactly as in the authors' code. ``info.weights`` shows
+    it (all zeros); a run that keeps getting zero weights is not training.
+
     Cost: one backward for ``v``; **one** forward-mode pass (``torch.func.jvp`` of the per-sample
     loss matrix along ``v`` on the shared parameters: ``a`` is exactly its tangent, all K·B
     directional derivatives at once, never per-sample gradients); one backward of ``L`` through the
