@@ -67,6 +67,14 @@ def alpha_fair_weights(G: Tensor, alpha: float, *, iterations: int | None = None
       Newton decrement ``λ < 1/4`` the full step is taken without comparing Φ, whose increase is
       then below its own rounding (as in :func:`fastmtl.solvers.nash_weights`);
     * ``w = y^{-α}`` from the final ``y = Ĝz``.
+
+    Accuracy, measured as ``‖Jᵀ(w − w*)‖/‖Jᵀw*‖`` against a 120-iteration run on the test families
+    (Gaussian, conflicting, aligned, rank-deficient, zero rows, norms spread over four decades),
+    float64: at the default iterations ≤ 1e-11 for α ∈ [0.5, 10] and K ≤ 16, 1e-7 at K = 32; the
+    official least-squares root, where it converges, agrees to 1e-13. Small α converges more
+    slowly where the norms differ (α = 0.2: ≤ 1e-12 up to K = 8 but 2e-2 at K = 16): raise
+    ``iterations`` there. For such α the exact root can also have ``y_i = g_iᵀd`` below the
+    Gram's rounding (``|y_i| ≪ eps·max G_jj``); then no float64 method resolves ``w_i``.
     """
     alpha = float(alpha)
     Gs = symmetric64(G)
