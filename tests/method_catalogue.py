@@ -44,7 +44,6 @@ class Entry:
     primitive: str = "weighted_sum"                 # the registry primitive that forms the direction
     # A direction computed in plain PyTorch (no registry primitive): info.backend is "reference".
     plain_torch_direction: bool = False
-    min_tasks: int = 1                              # fewer tasks: the standard call raises ValueError
 
 
 def _lam(J: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -116,8 +115,9 @@ CATALOGUE = {
     "graddrop": Entry(elsewhere="tests/test_graddrop_method.py (Philox-matched literal masks)", primitive="graddrop"),
     "slgrad": Entry(needs_reference=True, oracle=_slgrad),
     "constant": Entry(oracle=lambda J, c: J.sum(0)),           # weights=None: every weight 1
-    "krum": Entry(hyper={"n_selected": 2}, min_tasks=3, oracle=lambda J, c: L.krum_literal(J, 0, 2)),
-    "trimmed_mean": Entry(hyper={"trim_number": 1}, min_tasks=3, plain_torch_direction=True,
+    # Methods with a `min_tasks` attribute raise ValueError below it (checked by the catalogue test).
+    "krum": Entry(hyper={"n_selected": 2}, oracle=lambda J, c: L.krum_literal(J, 0, 2)),
+    "trimmed_mean": Entry(hyper={"trim_number": 1}, plain_torch_direction=True,
                           oracle=lambda J, c: L.trimmed_mean_literal(J, 1)),
     "fairgrad": Entry(oracle=lambda J, c: L.fairgrad_literal(J), tol=1e-7),
     "pcd": Entry(oracle=lambda J, c: L.pcd_literal([J])[0], tol=1e-7),

@@ -139,6 +139,7 @@ def test_krum_errors(kw, K, exc, msg):
 def test_krum_direct_class():
     m = Krum(n_byzantine=1, n_selected=2, squared=True)
     assert (m.n_byzantine, m.n_selected, m.squared) == (1, 2, True) and m.head_weighting == "sum"
+    assert m.min_tasks == 4 and Krum(n_selected=7).min_tasks == 7
 
 
 # ------------------------------------------------------------------------------------------------
@@ -216,6 +217,7 @@ def test_trimmed_mean_errors(kw, K, exc, msg):
 
 def test_trimmed_mean_declares_elementwise():
     assert TrimmedMean.shard_local and TrimmedMean().head_weighting == "sum"
+    assert TrimmedMean(2).min_tasks == 5
 
 
 # ------------------------------------------------------------------------------------------------

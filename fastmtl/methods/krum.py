@@ -54,6 +54,11 @@ class Krum(GramMethod):
         self.n_selected = _count("n_selected", n_selected, 1)
         self.squared = bool(squared)
 
+    @property
+    def min_tasks(self) -> int:
+        """The fewest task gradients this configuration accepts."""
+        return max(self.n_byzantine + 3, self.n_selected)
+
     def check_tasks(self, K: int) -> None:
         """``ValueError`` unless K tasks are enough for this configuration."""
         if K < self.n_byzantine + 3:

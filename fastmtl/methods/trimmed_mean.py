@@ -49,6 +49,11 @@ class TrimmedMean(DirectionMethod):
             raise ValueError(f"trim_number must be ≥ 0, got {trim_number}")
         self.trim_number = trim_number
 
+    @property
+    def min_tasks(self) -> int:
+        """The fewest task gradients this configuration accepts: ``2·trim_number + 1``."""
+        return 2 * self.trim_number + 1
+
     def direction(self, engine, ctx):
         tg, out = engine.tg, engine.targets
         K, t = tg.num_tasks, self.trim_number
