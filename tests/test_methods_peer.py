@@ -63,7 +63,8 @@ def test_constant_uses_the_weights_as_given():
 
 @pytest.mark.parametrize("bad,exc,msg", [
     ([1.0, float("nan")], ValueError, "weights must be finite"),
-    ([[1.0, 2.0]], ValueError, "non-empty 1-D"),
+    ([[1.0, 2.0]], TypeError, "sequence of numbers"),
+    (torch.ones(2, 2), ValueError, r"non-empty 1-D sequence, got shape \(2, 2\)"),
     ([], ValueError, "non-empty 1-D"),
     ("ab", TypeError, "sequence of numbers"),
     ([1.0, "x"], TypeError, "sequence of numbers"),

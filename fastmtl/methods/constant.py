@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -35,18 +36,24 @@ class Constant(GramMethod):
             self.task_weights = None
             self._cpu = None
             return
-        if isinstance(weights, (str, bytes, dict)):
+        # Validated in plain Python (no tensor reductions), so that building the method inside a
+        # torch.compile region needs no data-dependent guard.
+        if isinstance(weights, torch.Tensor):
+            if weights.dim() != 1:
+                raise ValueError(f"weights must be a non-empty 1-D sequence, got shape {tuple(weights.shape)}")
+            weights = weights.detach().to("cpu", torch.float64).tolist()
+        if isinstance(weights, (str, bytes, dict)) or not hasattr(weights, "__iter__"):
             raise TypeError(f"weights must be a sequence of numbers or a 1-D tensor, got {type(weights).__name__}")
         try:
-            w = torch.as_tensor(weights, dtype=torch.float64).detach()
-        except (TypeError, ValueError, RuntimeError):
+            values = tuple(float(x) for x in weights)
+        except (TypeError, ValueError):
             raise TypeError("weights must be a sequence of numbers or a 1-D tensor") from None
-        if w.dim() != 1 or w.shape[0] == 0:
-            raise ValueError(f"weights must be a non-empty 1-D sequence, got shape {tuple(w.shape)}")
-        if not bool(torch.isfinite(w).all()):
+        if not values:
+            raise ValueError("weights must be a non-empty 1-D sequence, got shape (0,)")
+        if not all(math.isfinite(x) for x in values):
             raise ValueError("weights must be finite")
-        self.task_weights = tuple(float(x) for x in w.cpu().tolist())
-        self._cpu = w.cpu().clone()
+        self.task_weights = values
+        self._cpu = torch.tensor(values, dtype=torch.float64)
 
     def weights(self, G, ctx):
         K, device = ctx.num_tasks, ctx.device

@@ -48,7 +48,8 @@ class PCD(GramMethod):
         iterations: interior-point iterations (default 24).
 
     Scale: ``‖d‖ = ‖g_0‖``. Not symmetric in the tasks: **task 0 is the primary**.
-    State: the EMA of the squared gradient norms (float64 ``[K]``) and the step count; both are
+    State: the EMA of the squared gradient norms (float64 ``[K]``) and the step count (a float64
+    scalar tensor, so that a compiled step does not specialise on it); both are
     updated on every call, also when ``g_0 = 0``. :meth:`reset` clears them (TorchJD also clears
     them when K changes; here a stateful instance keeps one K). A non-finite Gram reaches the
     method as zeros (the pipeline's NaN policy, λ = NaN) and so enters the EMA as zero norms,
@@ -96,7 +97,9 @@ class PCD(GramMethod):
     def reset(self) -> None:
         """Clear the moving average of the squared gradient norms."""
         self._sq_norm_ema: Optional[torch.Tensor] = None
-        self._steps = 0
+        # A tensor, not a Python int: a compiled step would otherwise specialise on (and recompile
+        # for) every value of the count.
+        self._steps: Optional[torch.Tensor] = None
 
     def _taus(self, K: int, device) -> torch.Tensor:
         if isinstance(self.tau, tuple):
@@ -109,10 +112,11 @@ class PCD(GramMethod):
         K = sq.shape[0]
         check_num_tasks("PCD", None if self._sq_norm_ema is None else self._sq_norm_ema.shape[0], K)
         ema = torch.zeros_like(sq) if self._sq_norm_ema is None else self._sq_norm_ema.to(sq.device)
+        steps = torch.zeros((), dtype=sq.dtype, device=sq.device) if self._steps is None else self._steps.to(sq.device)
         ema = self.beta * ema + (1.0 - self.beta) * sq
-        self._sq_norm_ema = ema
-        self._steps += 1
-        den = torch.sqrt(ema / (1.0 - self.beta ** self._steps) + self.eps)
+        steps = steps + 1.0
+        self._sq_norm_ema, self._steps = ema, steps
+        den = torch.sqrt(ema / (1.0 - torch.pow(self.beta, steps)) + self.eps)
         # A zero average means the gradient was always zero: its scale does not matter (0 avoids 1/0).
         return torch.where(den > 0, 1.0 / torch.where(den > 0, den, 1.0), 0.0)
 
