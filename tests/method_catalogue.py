@@ -114,6 +114,15 @@ CATALOGUE = {
     "auto_lambda": Entry(oracle=lambda J, c: 0.1 * J.sum(0)),   # λ = w = init before any meta step
     "graddrop": Entry(elsewhere="tests/test_graddrop_method.py (Philox-matched literal masks)", primitive="graddrop"),
     "slgrad": Entry(needs_reference=True, oracle=_slgrad),
+    "constant": Entry(oracle=lambda J, c: J.sum(0)),           # weights=None: every weight 1
+    # Methods with a `min_tasks` attribute raise ValueError below it (checked by the catalogue test).
+    "krum": Entry(hyper={"n_selected": 2}, oracle=lambda J, c: L.krum_literal(J, 0, 2)),
+    "trimmed_mean": Entry(hyper={"trim_number": 1}, plain_torch_direction=True,
+                          oracle=lambda J, c: L.trimmed_mean_literal(J, 1)),
+    "fairgrad": Entry(oracle=lambda J, c: L.fairgrad_literal(J), tol=1e-7),
+    "pcd": Entry(oracle=lambda J, c: L.pcd_literal([J])[0], tol=1e-7),
+    # The closed form of IMTL-G needs non-zero gradients (see imtl_g).
+    "imtl": Entry(oracle=lambda J, c: L.imtl_literal([J])[0][0], oracle_skips=("zero",)),
 }
 
 

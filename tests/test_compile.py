@@ -9,9 +9,9 @@ from fastmtl.methods import METHODS as REGISTRY, GramMethod
 
 # Every Gram-space method, stateful ones included (one call from a fresh instance).
 METHODS = sorted(n for n, c in REGISTRY.items() if issubclass(c, GramMethod))
-# UW's learnable ``s`` is an nn.Parameter (an optimizer holds it): build the instance outside the
-# compiled region, as a training loop does.
-PREBUILT = {"uw": lambda: fastmtl.methods.UW(num_tasks=3)}
+# UW's and IMTL's learnable ``s`` is an nn.Parameter (an optimizer holds it): build the instance
+# outside the compiled region, as a training loop does.
+PREBUILT = {"uw": lambda: fastmtl.methods.UW(num_tasks=3), "imtl": lambda: fastmtl.methods.IMTL(num_tasks=3)}
 
 
 @pytest.mark.slow

@@ -332,7 +332,8 @@ SCALE_FREE.update(pcgrad={"eps": 0.0}, wpcgrad={"eps": 0.0}, upgrad={"norm_eps":
 # How each method's output responds to g → s·g: λ unchanged (d scales with s), or d unchanged
 # (λ ∝ 1/s: Nash-MTL's bargaining solution). Methods not listed are checked for finiteness only.
 LAMBDA_INVARIANT = {"mean", "sum", "pcgrad", "wpcgrad", "cagrad", "mgda", "imtl_g", "upgrad", "dualproj",
-                    "aligned_mtl", "hydalearn", "config", "olaux", "dwa", "famo", "gemtl", "rlw", "uw"}
+                    "aligned_mtl", "hydalearn", "config", "olaux", "dwa", "famo", "gemtl", "rlw", "uw",
+                    "constant", "krum", "imtl"}
 DIRECTION_INVARIANT = {"nash_mtl"}
 
 

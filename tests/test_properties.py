@@ -16,7 +16,7 @@ import torch
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import fastmtl
-from fastmtl.methods import METHODS, DirectionMethod
+from fastmtl.methods import METHODS, DirectionMethod, make_method
 
 METHOD_NAMES = sorted(n for n, c in METHODS.items() if not issubclass(c, DirectionMethod))
 SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
@@ -99,6 +99,10 @@ def test_structure_finiteness_and_layouts(method, data):
     J, shapes, none = data
     K = J.shape[0]
     params = as_params(J, shapes, none)
+    if K < getattr(make_method(method, {}), "min_tasks", 1):  # e.g. Krum: outside its domain, a clear error
+        with pytest.raises(ValueError, match="needs at least"):
+            run(params, method, K)
+        return
     d_par, info = run(params, method, K)
     # Structure: one entry per parameter, None exactly where no task has a gradient.
     assert len(d_par) == len(shapes)

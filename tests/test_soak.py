@@ -114,6 +114,12 @@ RANGES = {
     "graddrop": None, "db_mtl": None,
     "moco": None,                          # combines the tracked gradients (no λ of the current ones)
     "slgrad": None,                        # checked on slgrad_step's weights instead
+    "constant": lambda lam, K: bool(torch.equal(lam, torch.ones_like(lam))),  # weights=None: 1 each
+    "krum": lambda lam, K: _simplex(lam, K) and int((lam > 0).sum()) == 1,    # one gradient selected
+    "trimmed_mean": None,                  # coordinate-wise: no λ
+    "fairgrad": _at_least(lambda K: 0.0),  # w > 0 (×K and the norm clip keep the sign)
+    "pcd": _at_least(lambda K: 0.0),       # [1, μ ≥ 0] times positive scales
+    "imtl": lambda lam, K: abs(float(lam.sum()) - 1.0) < 1e-6,  # α∘e^s with s = 0 (no lr): Σλ = 1
 }
 
 

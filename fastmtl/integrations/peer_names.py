@@ -80,6 +80,12 @@ ROWS: Tuple[PeerName, ...] = (
     _row(_T, "aggregation.GradDrop", "graddrop", note="masks drawn from `generator` (TorchJD: global RNG)",
          check="none"),
     _row(_T, "aggregation.Random", "rlw", note="same distribution (softmax of N(0, I)), other draws", check="none"),
+    _row(_T, "aggregation.TrimmedMean", "trimmed_mean", note="`trim_number` as TorchJD's (fastmtl's default 0 is "
+         "the mean); coordinate-wise, no λ", their_args={"trim_number": 0}),
+    _row(_T, "aggregation.FairGrad", "fairgrad", {"multiply_by_k": False, "max_norm": 0.0},
+         note="fastmtl's defaults follow the official code: K·w clipped to norm 1; TorchJD's scipy least squares "
+         "stops short of `Gw = w^{-1/α}` on gradients of different norms", their_args={"alpha": 1.0}),
+    _row(_T, "aggregation.PCD", "pcd", note="task 0 is the primary; the EMA of the norms is kept for one K"),
     _row(_T, "scalarization.Mean", "mean", check="first_call"),
     _row(_T, "scalarization.Sum", "sum", check="first_call"),
     _row(_T, "scalarization.DWA", "dwa", note="TorchJD's `step()` is `end_epoch()`", check="first_call"),
@@ -96,6 +102,8 @@ ROWS: Tuple[PeerName, ...] = (
     _row(_L, "GradVac", "gradvac", note="`GradVac_group_type=2` (every parameter tensor) is "
                                         "`granularity=\"per_param\"`"),
     _row(_L, "GradDrop", "graddrop", note="LibMTL drops on representation gradients (`rep_grad=True`)"),
+    _row(_L, "IMTL", "imtl", note="`loss_scale` is `s`: train it via `loss_term` (or `lr=`); LibMTL's heads get "
+         "`e^{s}∇ℓ`, fastmtl's their plain gradients"),
     _row(_L, "CAGrad", "cagrad", {"multiply_by_k": False}, note="`calpha` is `c`; `rescale` as LibMTL's"),
     _row(_L, "Nash_MTL", "nash_mtl"),
     _row(_L, "RLW", "rlw"),

@@ -20,20 +20,27 @@ Files: ``common`` (helpers), ``projection`` (PCGrad, weighted PCGrad, GradVac), 
 (CAGrad, MGDA), ``dual_cone`` (UPGrad, DualProj), ``balancing`` (IMTL-G, Aligned-MTL, ConFIG,
 Nash-MTL), ``auxiliary`` (HydaLearn, GCosSim, OL-AUX), ``loss_weighting`` (DB-MTL, GradNorm,
 GeMTL, FAMO), ``stateful`` (MoDo, SDMGrad, MoCo, ExcessMTL, CR-MOGM, STCH over several steps),
-``training`` (Auto-λ's look-ahead step on a model). A new method's oracle goes into its family's file (or a new one) and is listed here.
+``training`` (Auto-λ's look-ahead step on a model), ``fair`` (FairGrad), ``robust`` (Krum, trimmed
+mean), ``priority`` (PCD), ``impartial`` (IMTL with its loss scales). A new method's oracle goes
+into its family's file (or a new one) and is listed here.
 """
 
 from .auxiliary import *  # noqa: F401,F403
 from .balancing import *  # noqa: F401,F403
 from .common import *  # noqa: F401,F403
 from .dual_cone import *  # noqa: F401,F403
+from .fair import *  # noqa: F401,F403
+from .impartial import *  # noqa: F401,F403
 from .loss_weighting import *  # noqa: F401,F403
+from .priority import *  # noqa: F401,F403
 from .projection import *  # noqa: F401,F403
+from .robust import *  # noqa: F401,F403
 from .simplex import *  # noqa: F401,F403
 from .stateful import *  # noqa: F401,F403
 from .training import *  # noqa: F401,F403
 from . import auxiliary, balancing, common, dual_cone, loss_weighting, projection, simplex, stateful, training
+from . import fair, impartial, priority, robust
 
 __all__ = [name for module in (common, projection, simplex, dual_cone, balancing, auxiliary, loss_weighting,
-                                 stateful, training)
+                                 stateful, training, fair, robust, priority, impartial)
            for name in module.__all__]
