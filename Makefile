@@ -38,6 +38,9 @@ $(STAMP): $(VENV)/.deps-installed pyproject.toml setup.py $(wildcard csrc/*)
 	# Dependencies already satisfied (torch, triton) are kept as installed: pip is not asked for
 	# torch here, so it does not re-resolve torch's own pins.
 	$(PIP) install -e ".[dev,bench]" --no-build-isolation "$(NUMPY_SPEC)"
+	# LibMTL 1.1.5 (the peer-agreement tests drive its weighting classes) declares an old torchvision
+	# that would pull in another torch: install it alone, without dependencies.
+	$(PIP) install --no-deps "LibMTL==1.1.5"
 	# Packages that depend on torch (TorchJD) make pip re-resolve torch's own Triton pin and upgrade
 	# Triton; put the pinned one back last.
 	$(PIP) install --no-deps --force-reinstall "$(TRITON_SPEC)"
