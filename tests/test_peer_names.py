@@ -40,14 +40,16 @@ def test_bad_rows_are_refused():
         PeerName("torchjd", "aggregation.X", "mean")
 
 
-TORCHJD_ROWS = [r for r in ROWS if r.library == "TorchJD" and r.check != "none"]
+TORCHJD_ROWS = [r for r in ROWS if r.library == "TorchJD" and r.check not in ("none", "stateful")]
+STATEFUL_TORCHJD_ROWS = [r for r in ROWS if r.library == "TorchJD" and r.check == "stateful"]
 RANDOM_TORCHJD_ROWS = [r for r in ROWS if r.library == "TorchJD" and r.check == "none"]
 
 
 def _their(r: PeerName, K: int):
     module, name = r.theirs.split(".")
     cls = getattr(importlib.import_module(f"torchjd.{module}"), name)
-    return cls(**{k: (K if v == "K" else v) for k, v in r.their_args})
+    special = {"K": K, "ones_K": torch.ones(K, dtype=torch.float64)}
+    return cls(**{k: special.get(v, v) if isinstance(v, str) else v for k, v in r.their_args})
 
 
 def _jacobian(K, seed, conflicting=True):
@@ -62,7 +64,7 @@ def _jacobian(K, seed, conflicting=True):
 @pytest.mark.parametrize("row", TORCHJD_ROWS, ids=[r.theirs for r in TORCHJD_ROWS])
 def test_torchjd_row_reproduces_torchjd(row):
     pytest.importorskip("torchjd")
-    ks = (2,) if row.check == "two_tasks" else (2, 3, 4)
+    ks = {"two_tasks": (2,), "three_tasks": (3, 4)}.get(row.check, (2, 3, 4))
     for K in ks:
         factor = K if row.factor == "K" else 1
         if row.check == "first_call":
@@ -99,6 +101,16 @@ def test_random_torchjd_rows_same_scale(row):
             assert abs(float(w.sum()) - 1) < 1e-12 and float(w.min()) > 0
     else:
         pytest.fail(f"no scale check for the random row {row.theirs}")
+
+
+@pytest.mark.parametrize("row", STATEFUL_TORCHJD_ROWS, ids=[r.theirs for r in STATEFUL_TORCHJD_ROWS])
+def test_stateful_torchjd_rows_are_compared_over_steps(row):
+    # Their comparison runs several steps (tests/test_stateful_peers.py); here: the class exists and is used there.
+    pytest.importorskip("torchjd")
+    module, name = row.theirs.split(".")
+    assert hasattr(importlib.import_module(f"torchjd.{module}"), name), row.theirs
+    text = (Path(__file__).parent / "test_stateful_peers.py").read_text(encoding="utf-8")
+    assert re.search(rf"\b{name}(Weighting)?\(", text), f"{row.theirs} is not compared in tests/test_stateful_peers.py"
 
 
 def test_libmtl_rows_name_libmtl_weightings():

@@ -17,8 +17,9 @@ Fields of a row:
 * ``note`` — remaining differences;
 * ``their_args`` — arguments the peer's constructor needs (used by the tests);
 * ``check`` — how the tests compare with TorchJD: ``"any_k"`` (K = 2…4), ``"two_tasks"`` (random
-  visiting orders or an iterative stopping rule agree only for K = 2), ``"first_call"`` (the weights
-  a scalarizer gives its first losses), ``"none"`` (random draws).
+  visiting orders or an iterative stopping rule agree only for K = 2), ``"three_tasks"`` (K = 3, 4:
+  Krum needs K ≥ 3), ``"first_call"`` (the weights a scalarizer gives its first losses), ``"none"``
+  (random draws), ``"stateful"`` (compared over several steps in ``tests/test_stateful_peers.py``).
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ class PeerName:
             raise ValueError(f"library must be 'TorchJD' or 'LibMTL', got {self.library!r}")
         if self.factor not in ("1", "K"):
             raise ValueError(f"factor must be '1' or 'K', got {self.factor!r}")
-        if self.check not in ("any_k", "two_tasks", "first_call", "none"):
+        if self.check not in ("any_k", "two_tasks", "three_tasks", "first_call", "none", "stateful"):
             raise ValueError(f"unknown check {self.check!r}")
 
 
@@ -86,6 +87,18 @@ ROWS: Tuple[PeerName, ...] = (
          note="fastmtl's defaults follow the official code: K·w clipped to norm 1; TorchJD's scipy least squares "
          "stops short of `Gw = w^{-1/α}` on gradients of different norms", their_args={"alpha": 1.0}),
     _row(_T, "aggregation.PCD", "pcd", note="task 0 is the primary; the EMA of the norms is kept for one K"),
+    _row(_T, "aggregation.Constant", "constant", note="`weights` as given; fastmtl's default (none given) is 1 each",
+         their_args={"weights": "ones_K"}),
+    _row(_T, "aggregation.Krum", "krum", note="TorchJD's unsquared distances (`squared=True`: the paper's score)",
+         their_args={"n_byzantine": 0}, check="three_tasks"),
+    _row(_T, "aggregation.ExcessMTL", "excess_mtl", factor="K", note="fastmtl starts λ at 1 (official code), TorchJD at "
+         "1/K: equal to TorchJD's `n_warmup_steps=1` × K; `robust_step_size` 1e-2 (LibMTL's) vs TorchJD's 1.0",
+         check="stateful"),
+    _row(_T, "aggregation.MoDoWeighting", "modo", note="a weighting only in TorchJD (no aggregator)", check="stateful"),
+    _row(_T, "aggregation.SDMGradWeighting", "sdmgrad", note="a weighting only in TorchJD (no aggregator)",
+         check="stateful"),
+    _row(_T, "aggregation.CRMOGMWeighting", "cr_mogm", note="TorchJD wraps any weighting; fastmtl's `base=` names "
+         "the method (default MGDA)", check="stateful"),
     _row(_T, "scalarization.Mean", "mean", check="first_call"),
     _row(_T, "scalarization.Sum", "sum", check="first_call"),
     _row(_T, "scalarization.DWA", "dwa", note="TorchJD's `step()` is `end_epoch()`", check="first_call"),
@@ -111,6 +124,13 @@ ROWS: Tuple[PeerName, ...] = (
     _row(_L, "DB_MTL", "db_mtl", note="`DB_beta`, `DB_beta_sigma` are `beta`, `sigma`"),
     _row(_L, "FAMO", "famo", note="`FAMO_w_lr`, `FAMO_w_gamma` are `w_lr`, `gamma`; `update_w` is `update`"),
     _row(_L, "UPGrad", "upgrad"),
+    _row(_L, "MoCo", "moco", {"variant": "libmtl"}, note="`variant=\"paper\"` (default) is the authors' code"),
+    _row(_L, "STCH", "stch", note="`STCH_mu`, `STCH_warmup_epoch` are `mu`, `warmup_epoch`; call `end_epoch()`"),
+    _row(_L, "ExcessMTL", "excess_mtl"),
+    _row(_L, "FairGrad", "fairgrad", note="`FairGrad_alpha` is `alpha`"),
+    _row(_L, "MoDo", "modo", {"gamma": 1e-3}, note="two or three minibatches: `fastmtl.training.double_sampling_backward`"),
+    _row(_L, "SDMGrad", "sdmgrad", {"lr": 5.0}, note="two or three minibatches: "
+         "`fastmtl.training.double_sampling_backward`"),
 )
 
 
