@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from .base import Method, check_choice, symmetric64
+from ..solvers import symmetric_eigh
 
 
 class AlignedMTL(Method):
@@ -17,7 +18,8 @@ class AlignedMTL(Method):
     gradients ``J' = B J`` are orthogonal with norm σ; ``d = 1ᵀ J'`` so ``λ = B·1`` (official and
     LibMTL scale; TorchJD's is K times smaller). Rank 0 returns ``λ = 1``.
 
-    On CUDA the symmetric eigen-solver checks convergence and so synchronises once per call.
+    The eigen-decomposition is :func:`fastmtl.solvers.symmetric_eigh` (fixed-sweep Jacobi, no host
+    synchronisation on CUDA).
     """
 
     uses_generator = False
@@ -32,7 +34,7 @@ class AlignedMTL(Method):
         acc_eps = torch.finfo(G.dtype).eps
         G = symmetric64(G)
         K = G.shape[0]
-        evals, evecs = torch.linalg.eigh(G)
+        evals, evecs = symmetric_eigh(G)
         keep = evals > evals.amax().clamp_min(0) * K * acc_eps
         safe = torch.where(keep, evals, torch.ones_like(evals))
         inv_sqrt = torch.where(keep, safe.rsqrt(), torch.zeros_like(evals))

@@ -8,6 +8,7 @@ from typing import Optional, Sequence
 import torch
 
 from .base import Method, check_positive, symmetric64
+from ..solvers import symmetric_eigh
 
 
 class ConFIG(Method):
@@ -63,7 +64,7 @@ class ConFIG(Method):
         C = G / (n[:, None] * n[None, :])
         both = live[:, None] & live[None, :]
         C = torch.where(both, C, 0.0)
-        evals, V = torch.linalg.eigh(C)
+        evals, V = symmetric_eigh(C)
         cut = rcond * evals[-1].clamp_min(0.0)
         keep = evals > cut
         inv = torch.where(keep, 1.0 / torch.where(keep, evals, 1.0), 0.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from .base import Method, symmetric64
+from ..solvers import symmetric_eigh
 
 
 class IMTLG(Method):
@@ -15,7 +16,8 @@ class IMTLG(Method):
     the pseudo-inverse (eigen-decomposition, relative cut-off ``K·eps·λ_max``) handles
     rank-deficient G. ``λ = 0`` when ``|Σ v| ≤ 1e-12·Σ|v|`` (no such direction).
 
-    On CUDA the symmetric eigen-solver checks convergence and so synchronises once per call.
+    The eigen-decomposition is :func:`fastmtl.solvers.symmetric_eigh` (fixed-sweep Jacobi, no host
+    synchronisation on CUDA).
     """
 
     uses_generator = False
@@ -27,7 +29,7 @@ class IMTLG(Method):
         G = symmetric64(G)
         K = G.shape[0]
         n = torch.sqrt(torch.diagonal(G).clamp_min(0))
-        evals, evecs = torch.linalg.eigh(G)
+        evals, evecs = symmetric_eigh(G)
         cutoff = evals.amax().clamp_min(0) * K * acc_eps
         inv = torch.where(evals > cutoff, 1.0 / torch.where(evals > cutoff, evals, torch.ones_like(evals)),
                           torch.zeros_like(evals))
