@@ -42,7 +42,7 @@ register_backend(Backend(
 
 
 def _warn_if_missing() -> None:
-    if _cuda.extension_loaded():
+    if _cuda.extension_loaded() and _cuda.cuda_part_loaded():
         return
     try:
         cuda_available = torch.cuda.is_available()

@@ -36,7 +36,11 @@ from .._inputs import TaskGradients
 
 @dataclass(frozen=True)
 class GramOperand:
-    """What selection needs to know about a call that sees only a K×K Gram matrix (a solver)."""
+    """What selection needs to know about a call that sees only a K×K Gram matrix (a solver).
+
+    A backend's ``dtypes`` (those of task gradients) do not apply to it: its ``extra_reasons`` say
+    which Gram matrices its solvers take.
+    """
 
     device: torch.device
     dtype: torch.dtype
@@ -86,7 +90,8 @@ class Backend:
         if tg is not None:
             if tg.device.type not in self.devices:
                 reasons.append(f"runs on {'/'.join(self.devices)} tensors, got {tg.device.type}")
-            if tg.dtype not in self.dtypes:
+            # The dtypes are those of task gradients; a solver's own limits on G come from extra_reasons.
+            if tg.dtype not in self.dtypes and not isinstance(tg, GramOperand):
                 reasons.append(f"does not handle dtype {tg.dtype}")
             if self.extra_reasons is not None and not reasons:
                 reasons.extend(self.extra_reasons(tg))

@@ -18,7 +18,6 @@ multiplicity) slow it to linear, which sets the default sweep counts (see
 
 from __future__ import annotations
 
-import functools
 from typing import Optional
 
 import torch
@@ -52,13 +51,17 @@ def default_jacobi_sweeps(K: int) -> int:
     return 26
 
 
-@functools.lru_cache(maxsize=None)
+_PAIRS: dict = {}
+
+
 def round_robin_pairs(K: int) -> tuple:
     """The rounds of one sweep: ``((p_0, …), (q_0, …))`` per round, ``p < q``, pairs disjoint.
 
     Circle method for ``m = K + K % 2`` players: position 0 is fixed, positions ``1..m−1`` rotate by
     one each round; player ``K`` (odd K) is the bye.
     """
+    if K in _PAIRS:
+        return _PAIRS[K]
     m = K + (K % 2)
     rounds = []
     for r in range(m - 1):
@@ -71,7 +74,8 @@ def round_robin_pairs(K: int) -> tuple:
                 ps.append(p)
                 qs.append(q)
         rounds.append((tuple(ps), tuple(qs)))
-    return tuple(rounds)
+    _PAIRS[K] = tuple(rounds)
+    return _PAIRS[K]
 
 
 def _rotate(A: Tensor, P: Tensor, Q: Tensor, PQ: Tensor, c: Tensor, s: Tensor, dim: int) -> Tensor:
