@@ -24,6 +24,10 @@
 
 #include <vector>
 
+// The host SIMD lanes (csrc/solvers/common.h) are 64-byte GCC vectors; every function that takes or
+// returns one is inlined into its caller, so the ABI note GCC issues for them does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 #include "solver_args.h"
 #include "solvers/cagrad_barrier.h"
 #include "solvers/dual_cone.h"
@@ -52,6 +56,35 @@ void for_each_solve(int64_t batch, int64_t doubles, const F& fn) {
     at::parallel_for(0, batch, 1, body);
   }
 }
+
+#if defined(FMTL_HOST_LANES)
+// UPGrad's targets in lockstep (SIMD lanes). Compiled twice, for AVX-512 and for the baseline ISA,
+// and picked at load time from the CPU's features (GCC target clones); every solver body is
+// inlined into these entry points, so each clone has its own vector code.
+#if defined(__x86_64__) && !defined(__clang__)
+#define FASTMTL_LANE_CLONES __attribute__((target_clones("avx512f", "default")))
+#else
+#define FASTMTL_LANE_CLONES
+#endif
+FASTMTL_LANE_CLONES void dual_cone_lanes_f64(const double* G, const double* U, int T, int K, int iters, double ne,
+                                             double re, double* V, double* ws) {
+  sv::dual_cone_solve_lanes(G, U, T, K, iters, ne, re, V, ws);
+}
+FASTMTL_LANE_CLONES void dual_cone_lanes_f32(const float* G, const double* U, int T, int K, int iters, double ne,
+                                             double re, double* V, double* ws) {
+  sv::dual_cone_solve_lanes(G, U, T, K, iters, ne, re, V, ws);
+}
+void dual_cone_lanes(const double* G, const double* U, int T, int K, int iters, double ne, double re, double* V,
+                     double* ws) {
+  dual_cone_lanes_f64(G, U, T, K, iters, ne, re, V, ws);
+}
+void dual_cone_lanes(const float* G, const double* U, int T, int K, int iters, double ne, double re, double* V,
+                     double* ws) {
+  dual_cone_lanes_f32(G, U, T, K, iters, ne, re, V, ws);
+}
+// Fewer targets leave most lanes idle: one QP at a time is then cheaper.
+constexpr int kLanesMinTargets = 3;
+#endif
 
 template <class F>
 void with_gram_type(const Gram& g, const F& fn) {
@@ -99,6 +132,15 @@ at::Tensor dual_cone_cpu(const at::Tensor& G, const at::Tensor& targets, int64_t
   const double* up = u.data_ptr<double>();
   const int K = g.K;
   with_gram_type(g, [&](const auto* Gp) {
+#if defined(FMTL_HOST_LANES)
+    if (T >= kLanesMinTargets) {
+      for_each_solve(g.batch, sv::DualConeLanesLayout{K}.doubles(), [&](int64_t b, double* ws) {
+        dual_cone_lanes(Gp + b * K * K, up + (shared ? 0 : b * T * K), T, K, iters, norm_eps, reg_eps,
+                        Vp + b * T * K, ws);
+      });
+      return;
+    }
+#endif
     for_each_solve(g.batch, sv::DualConeLayout{K, 1}.doubles(), [&](int64_t b, double* ws) {
       sv::dual_cone_solve(sv::host_ctx(), Gp + b * K * K, up + (shared ? 0 : b * T * K), T, K, iters, norm_eps,
                           reg_eps, Vp + b * T * K, ws);

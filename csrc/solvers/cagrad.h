@@ -97,11 +97,14 @@ FMTL_INL void cagrad_candidates(const T& t, const double* Q, const double* a, do
     const double sq = sqrt_(clamp_min(c1 * c1 - 4.0 * c2 * c0, 0.0));
     const double q = -0.5 * (c1 + copysign_(sq, c1));
     const double rho[3] = {0.0, q / c2, c0 / q};
+    // Candidates vanish outside the support (exact zeros), so sums and checks run over it only.
     for (int j = 0; j < 3; ++j) {
       double* cd = W.cand + j * K;
+      for (int i = 0; i < K; ++i) cd[i] = 0.0;
       double total = 0.0;
       bool ok = true;
-      for (int i = 0; i < K; ++i) {
+      for (int a2 = 0; a2 < m; ++a2) {
+        const int i = W.idx[a2];
         cd[i] = W.w0[i] + rho[j] * W.w1[i];
         total += cd[i];
         ok = ok && finite(cd[i]) && cd[i] >= -1e-12;
@@ -109,13 +112,14 @@ FMTL_INL void cagrad_candidates(const T& t, const double* Q, const double* a, do
       ok = ok && fabs_(total - 1.0) <= 1e-6;
       if (ok) {
         double sum = 0.0;
-        for (int i = 0; i < K; ++i) {
+        for (int a2 = 0; a2 < m; ++a2) {
+          const int i = W.idx[a2];
           cd[i] = clamp_min(cd[i], 0.0);
           sum += cd[i];
         }
-        for (int i = 0; i < K; ++i) cd[i] = cd[i] / sum;
+        for (int a2 = 0; a2 < m; ++a2) cd[W.idx[a2]] = cd[W.idx[a2]] / sum;
       } else {
-        for (int i = 0; i < K; ++i) cd[i] = 0.0;
+        for (int a2 = 0; a2 < m; ++a2) cd[W.idx[a2]] = 0.0;
       }
       W.sc[1 + j] = ok ? 1.0 : 0.0;
     }
@@ -123,6 +127,10 @@ FMTL_INL void cagrad_candidates(const T& t, const double* Q, const double* a, do
   for (int j = 0; j < 3; ++j) {
     t.sync();
     const double* cd = W.cand + j * K;
+    if (W.sc[1 + j] == 0.0) {  // not feasible: F = inf without the product
+      if (t.rank() == 0) F[j] = inf();
+      continue;
+    }
     FMTL_FOR(t, a2, m) {
       const double* q = Q + W.idx[a2] * K;
       double s0 = 0.0;
@@ -133,7 +141,7 @@ FMTL_INL void cagrad_candidates(const T& t, const double* Q, const double* a, do
     if (t.rank() == 0) {
       if (W.sc[1 + j] != 0.0) {
         double aw = 0.0, q = 0.0;
-        for (int i = 0; i < K; ++i) aw += a[i] * cd[i];
+        for (int a2 = 0; a2 < m; ++a2) aw += a[W.idx[a2]] * cd[W.idx[a2]];
         for (int a2 = 0; a2 < m; ++a2) q += W.gc[a2] * cd[W.idx[a2]];
         F[j] = aw + r * sqrt_(clamp_min(q, 0.0));
       } else {

@@ -18,6 +18,11 @@
 #if defined(__CUDACC__)
 #define FMTL_HD __host__ __device__
 #define FMTL_INL __host__ __device__ __forceinline__
+#elif defined(__GNUC__)
+// Always inlined on the host: a caller compiled for a wider vector ISA (see solver_ops.cpp's
+// target clones) must get these bodies compiled for that ISA, not calls into baseline code.
+#define FMTL_HD
+#define FMTL_INL inline __attribute__((always_inline))
 #else
 #define FMTL_HD
 #define FMTL_INL inline
@@ -120,15 +125,58 @@ FMTL_INL double fabs_(double x) { return __builtin_fabs(x); }
 FMTL_INL double copysign_(double x, double s) { return __builtin_copysign(x, s); }
 #endif
 
+// ---- host SIMD lanes ------------------------------------------------------------------------------
+// On the host, independent sub-problems of one size (UPGrad's K QPs) run in lockstep, one per lane
+// of a GCC vector (the same arithmetic, element by element, as the scalar code: results are bitwise
+// equal as long as the compiler does not contract a*b + c, see setup.py). The device runs the
+// scalar code, one sub-problem per team. Generic code is written for S = double or S = Lanes with
+// masks M = decltype(S{} < 0.0) (bool, or a vector of 0 / -1) and sel() in place of branches.
+FMTL_INL double sel(bool m, double a, double b) { return m ? a : b; }
+FMTL_INL bool mask_not(bool m) { return !m; }
+template <class S>
+FMTL_INL S splat(double v) {
+  return v;
+}
+
+#if !defined(__CUDACC__) && defined(__GNUC__)
+#define FMTL_HOST_LANES 1
+constexpr int kLanes = 8;
+// Hazard: Lanes arrays must be aligned to sizeof(Lanes) (the compiler uses aligned vector moves).
+typedef double Lanes __attribute__((vector_size(kLanes * sizeof(double))));
+using LaneMask = decltype(Lanes{} < 0.0);  // a vector of 0 / -1 (64-bit integers)
+template <>
+FMTL_INL Lanes splat<Lanes>(double v) {
+  Lanes r = {};
+  return r + v;
+}
+FMTL_INL Lanes sel(LaneMask m, Lanes a, Lanes b) { return m ? a : b; }
+FMTL_INL LaneMask mask_not(LaneMask m) { return ~m; }
+FMTL_INL LaneMask is_nan(Lanes x) { return x != x; }
+FMTL_INL LaneMask finite(Lanes x) { return (x - x) == 0.0; }
+FMTL_INL Lanes clamp_min(Lanes x, double lo) { return sel(x < lo, splat<Lanes>(lo), x); }
+FMTL_INL Lanes clamp_max(Lanes x, double hi) { return sel(x > hi, splat<Lanes>(hi), x); }
+FMTL_INL Lanes minimum(Lanes a, Lanes b) { return sel(is_nan(a) | is_nan(b), splat<Lanes>(nan()), sel(b < a, b, a)); }
+FMTL_INL Lanes nan_to_num(Lanes x, double v = 0.0) {
+  Lanes r = sel(x == inf(), splat<Lanes>(kMaxDouble), x);
+  r = sel(x == -inf(), splat<Lanes>(-kMaxDouble), r);
+  return sel(is_nan(x), splat<Lanes>(v), r);
+}
+FMTL_INL Lanes sqrt_(Lanes x) {
+  Lanes r;
+  for (int i = 0; i < kLanes; ++i) r[i] = __builtin_sqrt(x[i]);
+  return r;
+}
+#endif
+
 // ---- team reductions (rank 0 in index order, broadcast through `slot`) ----------------------------
 // Each begins with a sync (the inputs are complete, and every rank has read the previous use of the
 // slot) and ends with one (the result is visible).
 
-template <class T>
-FMTL_INL double team_sum(const T& t, const double* x, int n, double* slot) {
+template <class T, class S>
+FMTL_INL S team_sum(const T& t, const S* x, int n, S* slot) {
   t.sync();
   if (t.rank() == 0) {
-    double s = 0.0;
+    S s = splat<S>(0.0);
     for (int i = 0; i < n; ++i) s += x[i];
     *slot = s;
   }
@@ -136,11 +184,11 @@ FMTL_INL double team_sum(const T& t, const double* x, int n, double* slot) {
   return *slot;
 }
 
-template <class T>
-FMTL_INL double team_dot(const T& t, const double* x, const double* y, int n, double* slot) {
+template <class T, class S>
+FMTL_INL S team_dot(const T& t, const S* x, const S* y, int n, S* slot) {
   t.sync();
   if (t.rank() == 0) {
-    double s = 0.0;
+    S s = splat<S>(0.0);
     for (int i = 0; i < n; ++i) s += x[i] * y[i];
     *slot = s;
   }
@@ -149,15 +197,17 @@ FMTL_INL double team_dot(const T& t, const double* x, const double* y, int n, do
 }
 
 // amin over i of (dv_i < 0 ? -v_i / dv_i : inf), NaN-propagating (fastmtl.solvers' max_step).
-FMTL_INL double max_step(const double* v, const double* dv, int n) {
-  double m = inf();
-  bool saw_nan = false;
+template <class S>
+FMTL_INL S max_step(const S* v, const S* dv, int n) {
+  using M = decltype(S{} < 0.0);
+  S m = splat<S>(inf());
+  M saw_nan = M{};
   for (int i = 0; i < n; ++i) {
-    const double r = dv[i] < 0.0 ? -v[i] / dv[i] : inf();
-    if (is_nan(r)) saw_nan = true;
-    if (r < m) m = r;
+    const S r = sel(dv[i] < 0.0, -v[i] / dv[i], splat<S>(inf()));
+    saw_nan = saw_nan | is_nan(r);
+    m = sel(r < m, r, m);
   }
-  return saw_nan ? nan() : m;
+  return sel(saw_nan, splat<S>(nan()), m);
 }
 
 // y = A x for a row-major n x n block with leading dimension ld (each row summed in index order).
@@ -186,49 +236,47 @@ FMTL_INL double quad_form_solo(const double* A, int ld, const double* x, int n) 
 // In place, lower triangle, left-looking by columns: L_jj = sqrt(A_jj − Σ_k L_jk²), then in parallel
 // over i > j, L_ij = (A_ij − Σ_{k<j} L_ik L_jk) / L_jj (contiguous row dot products). dinv receives
 // 1/L_jj for the solves. Returns 0, or j + 1 for the first column whose pivot is not positive (or
-// NaN), like LAPACK's potrf; it stops there. `slot` holds the broadcast status.
-template <class T>
-FMTL_INL int cholesky(const T& t, double* A, int n, int ld, double* dinv, double* slot) {
+// NaN), like LAPACK's potrf (per lane); the factorisation then goes on with a unit pivot, and the
+// caller discards it. `slot` holds the broadcast status.
+template <class T, class S>
+FMTL_INL S cholesky(const T& t, S* A, int n, int ld, S* dinv, S* slot) {
+  S status = splat<S>(0.0);
   for (int j = 0; j < n; ++j) {
     t.sync();
     if (t.rank() == 0) {
-      const double* rj = A + j * ld;
-      double d = rj[j];
+      const S* rj = A + j * ld;
+      S d = rj[j];
       for (int k = 0; k < j; ++k) d -= rj[k] * rj[k];
-      if (d > 0.0) {
-        const double l = sqrt_(d);
-        A[j * ld + j] = l;
-        dinv[j] = 1.0 / l;
-        *slot = 0.0;
-      } else {
-        *slot = double(j + 1);
-      }
+      const auto ok = d > 0.0;
+      const S l = sqrt_(sel(ok, d, splat<S>(1.0)));
+      A[j * ld + j] = l;
+      dinv[j] = 1.0 / l;
+      status = sel((status == 0.0) & mask_not(ok), splat<S>(double(j + 1)), status);
     }
     t.sync();
-    const double status = *slot;
-    if (status != 0.0) {
-      t.sync();  // every rank has read the status before anyone writes the slot again
-      return int(status);
-    }
-    const double inv = dinv[j];
-    const double* rj = A + j * ld;
+    const S inv = dinv[j];
+    const S* rj = A + j * ld;
     FMTL_FOR(t, i0, n - j - 1) {
-      double* ri = A + (j + 1 + i0) * ld;
-      double s = ri[j];
+      S* ri = A + (j + 1 + i0) * ld;
+      S s = ri[j];
       for (int k = 0; k < j; ++k) s -= ri[k] * rj[k];
       ri[j] = s * inv;
     }
   }
   t.sync();
-  return 0;
+  if (t.rank() == 0) *slot = status;
+  t.sync();
+  status = *slot;
+  t.sync();  // every rank has read the status before anyone writes the slot again
+  return status;
 }
 
 // Solves L Lᵀ x = b in place (b overwritten by x), L and dinv from cholesky().
-template <class T>
-FMTL_INL void cholesky_solve(const T& t, const double* L, const double* dinv, int n, int ld, double* b) {
+template <class T, class S>
+FMTL_INL void cholesky_solve(const T& t, const S* L, const S* dinv, int n, int ld, S* b) {
   for (int j = 0; j < n; ++j) {  // forward: L y = b, by columns
     t.sync();
-    const double yj = b[j] * dinv[j];
+    const S yj = b[j] * dinv[j];
     t.sync();
     FMTL_FOR(t, i0, n - j - 1) {
       const int i = j + 1 + i0;
@@ -238,9 +286,9 @@ FMTL_INL void cholesky_solve(const T& t, const double* L, const double* dinv, in
   }
   for (int j = n - 1; j >= 0; --j) {  // backward: Lᵀ x = y, by rows of L
     t.sync();
-    const double xj = b[j] * dinv[j];
+    const S xj = b[j] * dinv[j];
     t.sync();
-    const double* rj = L + j * ld;
+    const S* rj = L + j * ld;
     FMTL_FOR(t, i, j) b[i] -= rj[i] * xj;
     if (t.rank() == 0) b[j] = xj;
   }

@@ -9,13 +9,16 @@
 namespace fastmtl {
 namespace solvers {
 
-// Workspace of one QP of size K: 11 K-vectors, the Newton / KKT matrix ((K + 1)², also used by the
-// polish), its right-hand side, scalar slots and the support indices.
-struct QpWork {
-  double *z, *rd, *dxa, *dza, *dx, *dz, *h, *m1, *rc, *xinv, *dinv, *M, *rhs, *sc;
+// Workspace of one QP of size K (or of kLanes QPs in lockstep, S = Lanes): 11 K-vectors, the Newton
+// / KKT matrix ((K + 1)², also used by the polish), its right-hand side, scalar slots and the
+// support indices.
+template <class S>
+struct QpWorkT {
+  S *z, *rd, *dxa, *dza, *dx, *dz, *h, *m1, *rc, *xinv, *dinv, *M, *rhs, *sc;
   int* idx;
-  static FMTL_INL int doubles(int K) { return 11 * K + (K + 1) * (K + 1) + (K + 1) + 8 + K; }
-  FMTL_INL QpWork(double* w, int K) {
+  static FMTL_INL int count(int K) { return 11 * K + (K + 1) * (K + 1) + (K + 1) + 8 + K; }  // in S
+  static FMTL_INL int doubles(int K) { return count(K) * int(sizeof(S) / sizeof(double)); }
+  FMTL_INL QpWorkT(S* w, int K) {
     z = w;
     rd = z + K;
     dxa = rd + K;
@@ -30,9 +33,10 @@ struct QpWork {
     M = dinv + K;
     rhs = M + (K + 1) * (K + 1);
     sc = rhs + K + 1;
-    idx = reinterpret_cast<int*>(sc + 8);  // K ints in K doubles of room
+    idx = reinterpret_cast<int*>(sc + 8);  // K ints in K slots of room
   }
 };
+using QpWork = QpWorkT<double>;
 
 // Scalar slots of QpWork::sc.
 enum QpSlot { kSum = 0, kStatus = 1, kY = 2, kRp = 3, kMu = 4, kTarget = 5, kAlpha = 6, kValid = 7 };
@@ -114,150 +118,155 @@ FMTL_INL void support_polish(const T& t, const double* Q, int ldq, const double*
   t.sync();
 }
 
-// The interior-point iterations and the polish; the solution is written into x. Q and c are read
-// only; Q may be shared by several teams.
-template <class T>
-FMTL_INL void mehrotra_qp(const T& t, const double* Q, int ldq, const double* c, int K, bool simplex, int iterations,
-                          double* x, double* work) {
-  QpWork W(work, K);
+// The interior-point iterations (no polish): x and W.z hold the final iterate. Q is read only and
+// may be shared by several teams; c and x are per problem (per lane for S = Lanes).
+template <class T, class S>
+FMTL_INL void mehrotra_iterate(const T& t, const double* Q, int ldq, const S* c, int K, bool simplex, int iterations,
+                               S* x, QpWorkT<S>& W) {
+  using M = decltype(S{} < 0.0);
   const double floor = kSqrtTiny;     // keeps x, z > 0 so that z/x and r_c/x stay finite
   const double delta = 1e3 * kEps;    // shift that keeps M numerically positive definite
   const double mu_min = (10.0 * kEps) * (10.0 * kEps);
   const double invK = 1.0 / double(K);
 
-  double y = 0.0;
+  S y = splat<S>(0.0);
+  t.sync();
+  FMTL_FOR(t, i, K) x[i] = splat<S>(simplex ? invK : 1.0);
+  t.sync();
+  FMTL_FOR(t, i, K) {
+    const double* q = Q + i * ldq;
+    S s = splat<S>(0.0);
+    for (int j = 0; j < K; ++j) s += q[j] * x[j];
+    W.rd[i] = s + c[i];  // g = Qx + c
+  }
   t.sync();
   if (simplex) {
-    FMTL_FOR(t, i, K) x[i] = invK;
-    t.sync();
-    qx_plus_c(t, Q, ldq, x, c, W.rd, K);
-    t.sync();
     if (t.rank() == 0) {
-      double g_min = W.rd[0];
-      bool saw_nan = false;
+      S g_min = W.rd[0];
+      M saw_nan = M{};
       for (int i = 0; i < K; ++i) {
-        if (is_nan(W.rd[i])) saw_nan = true;
-        if (W.rd[i] < g_min) g_min = W.rd[i];
+        saw_nan = saw_nan | is_nan(W.rd[i]);
+        g_min = sel(W.rd[i] < g_min, W.rd[i], g_min);
       }
-      W.sc[kY] = (saw_nan ? nan() : g_min) - invK;
+      W.sc[kY] = sel(saw_nan, splat<S>(nan()), g_min) - invK;
     }
     t.sync();
     y = W.sc[kY];
     FMTL_FOR(t, i, K) W.z[i] = W.rd[i] - y;
   } else {
-    FMTL_FOR(t, i, K) x[i] = 1.0;
-    t.sync();
-    qx_plus_c(t, Q, ldq, x, c, W.rd, K);
-    t.sync();
     FMTL_FOR(t, i, K) W.z[i] = clamp_min(W.rd[i], 0.0) + 1.0;
   }
 
   for (int it = 0; it < iterations; ++it) {
     t.sync();
-    // Residuals and the Newton matrix M = Q + diag(z/x) + δI (full rows; the factorisation reads
-    // the lower triangle).
+    // Residuals and the Newton matrix M = Q + diag(z/x) + δI (lower triangle).
     FMTL_FOR(t, i, K) {
       const double* q = Q + i * ldq;
-      double s = 0.0;
+      S s = splat<S>(0.0);
       for (int j = 0; j < K; ++j) s += q[j] * x[j];
-      double r = s + c[i] - W.z[i];
+      S r = s + c[i] - W.z[i];
       if (simplex) r = r - y;
       W.rd[i] = r;
       // Divisions by x are multiplications by 1/x (within an ulp of the reference's quotients).
-      const double xi = 1.0 / x[i];
+      const S xi = 1.0 / x[i];
       W.xinv[i] = xi;
-      double* mrow = W.M + i * K;
-      for (int j = 0; j <= i; ++j) mrow[j] = q[j];
+      S* mrow = W.M + i * K;
+      for (int j = 0; j < i; ++j) mrow[j] = splat<S>(q[j]);
       mrow[i] = (q[i] + W.z[i] * xi) + delta;
     }
     if (t.rank() == 0) {
-      double sx = 0.0, sxz = 0.0;
+      S sx = splat<S>(0.0), sxz = splat<S>(0.0);
       for (int i = 0; i < K; ++i) sx += x[i];
       for (int i = 0; i < K; ++i) sxz += x[i] * W.z[i];
       W.sc[kRp] = sx - 1.0;
       W.sc[kMu] = sxz / double(K);
     }
     t.sync();
-    const double r_p = W.sc[kRp];
-    const double mu = W.sc[kMu];
-    const int status = cholesky(t, W.M, K, K, W.dinv, W.sc + kStatus);
-    if (status != 0) {
-      // Failed factorisation: step length 0 (the iterate is only clamped), as the reference does.
-      FMTL_FOR(t, i, K) {
-        x[i] = clamp_min(x[i], floor);
-        W.z[i] = clamp_min(W.z[i], floor);
-      }
-      continue;
-    }
+    const S r_p = W.sc[kRp];
+    const S mu = W.sc[kMu];
+    const M ok = cholesky(t, W.M, K, K, W.dinv, W.sc + kStatus) == 0.0;
 
     // Predictor (affine scaling); on the simplex M⁻¹1 too.
     FMTL_FOR(t, i, K) {
-      const double rca = -x[i] * W.z[i];
+      const S rca = -x[i] * W.z[i];
       W.h[i] = -W.rd[i] + rca * W.xinv[i];
-      if (simplex) W.m1[i] = 1.0;
+      if (simplex) W.m1[i] = splat<S>(1.0);
     }
     cholesky_solve(t, W.M, W.dinv, K, K, W.h);
-    double sum_m1 = 0.0, dy_a = 0.0;
+    S sum_m1 = splat<S>(0.0), dy_a = splat<S>(0.0);
     if (simplex) {
       cholesky_solve(t, W.M, W.dinv, K, K, W.m1);
       sum_m1 = team_sum(t, W.m1, K, W.sc + kSum);
-      const double sum_mh = team_sum(t, W.h, K, W.sc + kSum);
+      const S sum_mh = team_sum(t, W.h, K, W.sc + kSum);
       dy_a = (-r_p - sum_mh) / sum_m1;
     }
     FMTL_FOR(t, i, K) {
-      const double dxa = simplex ? W.h[i] + W.m1[i] * dy_a : W.h[i];
+      const S dxa = simplex ? W.h[i] + W.m1[i] * dy_a : W.h[i];
       W.dxa[i] = dxa;
       W.dza[i] = (-x[i] * W.z[i] - W.z[i] * dxa) * W.xinv[i];
     }
     t.sync();
     if (t.rank() == 0) {
-      double a_a = clamp_max(minimum(max_step(x, W.dxa, K), max_step(W.z, W.dza, K)), 1.0);
-      if (is_nan(a_a)) a_a = 0.0;
-      double s = 0.0;
+      S a_a = clamp_max(minimum(max_step(x, W.dxa, K), max_step(W.z, W.dza, K)), 1.0);
+      a_a = sel(is_nan(a_a), splat<S>(0.0), a_a);
+      S s = splat<S>(0.0);
       for (int i = 0; i < K; ++i) s += (x[i] + a_a * W.dxa[i]) * (W.z[i] + a_a * W.dza[i]);
-      const double mu_a = s / double(K);
-      double ratio = clamp_max(clamp_min(mu_a / mu, 0.0), 1.0);
-      if (is_nan(ratio)) ratio = 1.0;
-      const double sigma = ratio * ratio * ratio;
+      const S mu_a = s / double(K);
+      S ratio = clamp_max(clamp_min(mu_a / mu, 0.0), 1.0);
+      ratio = sel(is_nan(ratio), splat<S>(1.0), ratio);
+      const S sigma = ratio * ratio * ratio;
       W.sc[kTarget] = clamp_min(sigma * mu, mu_min);
     }
     t.sync();
-    const double target = W.sc[kTarget];
+    const S target = W.sc[kTarget];
 
     // Corrector with the second-order term and the centring target.
     FMTL_FOR(t, i, K) {
-      const double rc = (-x[i] * W.z[i] - nan_to_num(W.dxa[i] * W.dza[i])) + target;
+      const S rc = (-x[i] * W.z[i] - nan_to_num(W.dxa[i] * W.dza[i])) + target;
       W.rc[i] = rc;
       W.h[i] = -W.rd[i] + rc * W.xinv[i];
     }
     cholesky_solve(t, W.M, W.dinv, K, K, W.h);
-    double dy = 0.0;
+    S dy = splat<S>(0.0);
     if (simplex) {
-      const double sum_mh = team_sum(t, W.h, K, W.sc + kSum);
+      const S sum_mh = team_sum(t, W.h, K, W.sc + kSum);
       dy = (-r_p - sum_mh) / sum_m1;
     }
     FMTL_FOR(t, i, K) {
-      const double dx = simplex ? W.h[i] + W.m1[i] * dy : W.h[i];
+      const S dx = simplex ? W.h[i] + W.m1[i] * dy : W.h[i];
       W.dx[i] = dx;
       W.dz[i] = (W.rc[i] - W.z[i] * dx) * W.xinv[i];
     }
     t.sync();
     if (t.rank() == 0) {
-      double alpha = clamp_max(0.99 * minimum(max_step(x, W.dx, K), max_step(W.z, W.dz, K)), 1.0);
-      bool valid = finite(alpha) && (!simplex || finite(dy));
-      for (int i = 0; i < K; ++i) valid = valid && finite(W.dx[i]) && finite(W.dz[i]);
-      W.sc[kAlpha] = valid ? alpha : 0.0;
-      W.sc[kValid] = valid ? 1.0 : 0.0;
+      // A failed factorisation or a non-finite step: step length 0 (the iterate is only clamped).
+      const S alpha = clamp_max(0.99 * minimum(max_step(x, W.dx, K), max_step(W.z, W.dz, K)), 1.0);
+      M valid = ok & finite(alpha);
+      if (simplex) valid = valid & finite(dy);
+      for (int i = 0; i < K; ++i) valid = valid & finite(W.dx[i]) & finite(W.dz[i]);
+      W.sc[kAlpha] = sel(valid, alpha, splat<S>(0.0));
+      W.sc[kValid] = sel(valid, splat<S>(1.0), splat<S>(0.0));
     }
     t.sync();
-    const double alpha = W.sc[kAlpha];
-    const bool valid = W.sc[kValid] != 0.0;
+    const S alpha = W.sc[kAlpha];
+    const M valid = W.sc[kValid] != 0.0;
+    const S zero = splat<S>(0.0);
     FMTL_FOR(t, i, K) {
-      x[i] = clamp_min(x[i] + alpha * (valid ? W.dx[i] : 0.0), floor);
-      W.z[i] = clamp_min(W.z[i] + alpha * (valid ? W.dz[i] : 0.0), floor);
+      x[i] = clamp_min(x[i] + alpha * sel(valid, W.dx[i], zero), floor);
+      W.z[i] = clamp_min(W.z[i] + alpha * sel(valid, W.dz[i], zero), floor);
     }
-    if (simplex) y = y + alpha * (valid ? dy : 0.0);
+    if (simplex) y = y + alpha * sel(valid, dy, zero);
   }
+  t.sync();
+}
+
+// The interior-point iterations and the polish; the solution is written into x. Q and c are read
+// only; Q may be shared by several teams.
+template <class T>
+FMTL_INL void mehrotra_qp(const T& t, const double* Q, int ldq, const double* c, int K, bool simplex, int iterations,
+                          double* x, double* work) {
+  QpWork W(work, K);
+  mehrotra_iterate(t, Q, ldq, c, K, simplex, iterations, x, W);
   support_polish(t, Q, ldq, c, x, K, simplex, W);
 }
 

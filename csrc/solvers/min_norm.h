@@ -41,24 +41,21 @@ FMTL_INL double min_norm_candidate(const double* Gh, int K, unsigned s, double* 
   const int status = lu_solve(Solo{}, A, n, m + 1, b, 1, &slot);
   for (int k = 0; k < K; ++k) w[k] = 0.0;
   if (status != 0) return inf();
-  for (int a = 0; a < m; ++a) w[idx[a]] = b[a];
+  // w vanishes outside the support (exact zeros): sums and checks run over it only.
   double total = 0.0;
   bool ok = true;
-  for (int k = 0; k < K; ++k) {
-    total += w[k];
-    ok = ok && finite(w[k]) && w[k] >= -1e-12;
+  for (int a = 0; a < m; ++a) {
+    total += b[a];
+    ok = ok && finite(b[a]) && b[a] >= -1e-12;
   }
   ok = ok && fabs_(total - 1.0) <= 1e-6;
-  if (!ok) {
-    for (int k = 0; k < K; ++k) w[k] = 0.0;
-    return inf();
-  }
+  if (!ok) return inf();
   double sum = 0.0;
-  for (int k = 0; k < K; ++k) {
-    w[k] = clamp_min(w[k], 0.0);
-    sum += w[k];
+  for (int a = 0; a < m; ++a) {
+    b[a] = clamp_min(b[a], 0.0);
+    sum += b[a];
   }
-  for (int k = 0; k < K; ++k) w[k] = w[k] / sum;
+  for (int a = 0; a < m; ++a) w[idx[a]] = b[a] / sum;
   // wᵀĜw over the support only (the other terms are exact zeros).
   double q = 0.0;
   for (int a = 0; a < m; ++a) {
