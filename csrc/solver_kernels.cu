@@ -20,14 +20,14 @@ __device__ __forceinline__ double* block_workspace(double* scratch, int64_t per_
 }
 
 template <class Tin>
-__global__ void min_norm_kernel(const Tin* G, int K, double eps_g, int iterations, double* w, double* scratch,
+__global__ void __launch_bounds__(kMinNormMaxThreads) min_norm_kernel(const Tin* G, int K, double eps_g, int iterations, double* w, double* scratch,
                                 int64_t per_block) {
   const int64_t b = blockIdx.x;
   min_norm_solve(device_ctx(), G + b * K * K, K, eps_g, iterations, w + b * K, block_workspace(scratch, per_block));
 }
 
 template <class Tin>
-__global__ void dual_cone_kernel(const Tin* G, const double* targets, bool targets_shared, int T, int K,
+__global__ void __launch_bounds__(kDualConeMaxThreads) dual_cone_kernel(const Tin* G, const double* targets, bool targets_shared, int T, int K,
                                  int iterations, double norm_eps, double reg_eps, double* V, double* scratch,
                                  int64_t per_block) {
   const int64_t b = blockIdx.x;
@@ -37,7 +37,7 @@ __global__ void dual_cone_kernel(const Tin* G, const double* targets, bool targe
 }
 
 template <class Tin>
-__global__ void cagrad_kernel(const Tin* G, int K, double c, int iterations, double theta, double* w, double* lam,
+__global__ void __launch_bounds__(kCagradMaxThreads) cagrad_kernel(const Tin* G, int K, double c, int iterations, double theta, double* w, double* lam,
                               double* scratch, int64_t per_block) {
   const int64_t b = blockIdx.x;
   double* ws = block_workspace(scratch, per_block);
@@ -49,7 +49,7 @@ __global__ void cagrad_kernel(const Tin* G, int K, double c, int iterations, dou
 }
 
 template <class Tin>
-__global__ void nash_kernel(const Tin* G, const double* init, bool init_shared, int K, int iterations,
+__global__ void __launch_bounds__(kNashMaxThreads) nash_kernel(const Tin* G, const double* init, bool init_shared, int K, int iterations,
                             double* alpha, double* scratch, int64_t per_block) {
   const int64_t b = blockIdx.x;
   const double* start = init == nullptr ? nullptr : init + (init_shared ? 0 : b * K);
@@ -57,7 +57,7 @@ __global__ void nash_kernel(const Tin* G, const double* init, bool init_shared, 
 }
 
 template <class Tin>
-__global__ void jacobi_kernel(const Tin* G, int K, int sweeps, double* evals, double* evecs, double* scratch,
+__global__ void __launch_bounds__(kJacobiMaxThreads) jacobi_kernel(const Tin* G, int K, int sweeps, double* evals, double* evecs, double* scratch,
                               int64_t per_block) {
   const int64_t b = blockIdx.x;
   jacobi_solve(device_ctx(), G + b * K * K, K, sweeps, evals + b * K, evecs + b * K * K,

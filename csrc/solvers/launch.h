@@ -27,6 +27,12 @@ struct LaunchPlan {
 };
 
 constexpr size_t kDefaultSharedBytes = 48 * 1024;
+// Largest block of each kernel (its __launch_bounds__, so that its registers always fit).
+constexpr int kMinNormMaxThreads = 128;
+constexpr int kDualConeMaxThreads = 256;
+constexpr int kCagradMaxThreads = 256;
+constexpr int kNashMaxThreads = 32;
+constexpr int kJacobiMaxThreads = 256;
 
 inline LaunchPlan finish_plan(int threads, int64_t doubles) {
   LaunchPlan p;
@@ -41,23 +47,24 @@ inline LaunchPlan finish_plan(int threads, int64_t doubles) {
 }
 
 inline LaunchPlan min_norm_plan(int K) {
-  const int threads = K <= kMinNormEnumMaxK ? 128 : 32;
+  const int threads = K <= kMinNormEnumMaxK ? kMinNormMaxThreads : 32;
   return finish_plan(threads, MinNormLayout{K, threads}.doubles());
 }
 
 inline LaunchPlan dual_cone_plan(int K, int T) {
-  const int subs = T < 8 ? (T < 1 ? 1 : T) : 8;
+  const int max_subs = kDualConeMaxThreads / 32;
+  const int subs = T < max_subs ? (T < 1 ? 1 : T) : max_subs;
   return finish_plan(32 * subs, DualConeLayout{K, subs}.doubles());
 }
 
 inline LaunchPlan cagrad_plan(int K) {
-  if (K <= kCagradEnumMaxK) return finish_plan(256, CagradEnumLayout{K, 256}.doubles());
-  return finish_plan(256, CagradBarrierLayout{K, 8}.doubles());
+  if (K <= kCagradEnumMaxK) return finish_plan(kCagradMaxThreads, CagradEnumLayout{K, kCagradMaxThreads}.doubles());
+  return finish_plan(kCagradMaxThreads, CagradBarrierLayout{K, kCagradMaxThreads / 32}.doubles());
 }
 
-inline LaunchPlan nash_plan(int K) { return finish_plan(32, NashLayout{K}.doubles()); }
+inline LaunchPlan nash_plan(int K) { return finish_plan(kNashMaxThreads, NashLayout{K}.doubles()); }
 
-inline LaunchPlan jacobi_plan(int K) { return finish_plan(K <= 16 ? 64 : 256, JacobiLayout{K}.doubles()); }
+inline LaunchPlan jacobi_plan(int K) { return finish_plan(K <= 16 ? 64 : kJacobiMaxThreads, JacobiLayout{K}.doubles()); }
 
 // G: batch x K x K, float32 (g_double = false) or float64; every other array float64, contiguous.
 cudaError_t min_norm_launch(const LaunchPlan& plan, const void* G, bool g_double, int64_t batch, int K, double eps_g,
