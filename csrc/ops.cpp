@@ -25,11 +25,9 @@
 // which are defined from Python (torch.library), so no single block owns the namespace.
 //
 // Loading: importing fastmtl._C loads this library (a valid, empty Python extension module, see
-// PyInit__C at the end), which runs the static registrations below. The fake (meta) kernels are
+// PyInit__C in module.cpp), which runs the static registrations below. The fake (meta) kernels are
 // registered in Python by fastmtl.cuda, named here with set_python_module so that torch imports
 // that module when it needs them.
-#include <Python.h>
-
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -490,21 +488,4 @@ TORCH_LIBRARY_IMPL(fastmtl, CPU, m) {
   m.impl("gramian_cuda", &gramian_cpu);
   m.impl("weighted_sum_cuda", &weighted_sum_cpu);
   m.impl("weighted_sum_cuda_out", &weighted_sum_out_cpu);
-}
-
-// A valid (empty) Python extension module, so `import fastmtl._C` loads this library and runs the
-// registrations above; the ops are then reached through torch.ops.fastmtl.*.
-PyMODINIT_FUNC PyInit__C(void) {
-  static struct PyModuleDef module_def = {
-      PyModuleDef_HEAD_INIT,
-      "_C",   // m_name
-      "fastmtl CUDA ops; importing this module registers torch.ops.fastmtl.*_cuda",
-      -1,       // m_size
-      nullptr,  // m_methods
-      nullptr,  // m_slots
-      nullptr,  // m_traverse
-      nullptr,  // m_clear
-      nullptr,  // m_free
-  };
-  return PyModule_Create(&module_def);
 }

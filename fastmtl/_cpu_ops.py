@@ -118,4 +118,6 @@ def defer_to_blas(primitive: str, tg: TaskGradients) -> bool:
     matrices then round exactly as plain PyTorch's (ConFIG on rank-1 task sets is sensitive to the
     last bit of G). Low-precision matrices and every per-parameter or K-vector input take the kernels.
     """
+    if primitive not in ("gramian", "weighted_sum"):
+        return False  # the K×K solvers and any other primitive: never deferred
     return tg.matrix is not None and tg.dtype in (torch.float32, torch.float64)

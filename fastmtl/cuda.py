@@ -73,9 +73,18 @@ def load_error() -> Optional[str]:
     return _LOAD_ERROR
 
 
+def cuda_part_loaded() -> bool:
+    """Whether ``fastmtl._C`` is loaded with its CUDA part (the ``*_cuda`` ops are registered).
+
+    A build without nvcc has only the CPU part (see ``python -m fastmtl.info``)."""
+    return _C is not None and all(hasattr(torch.ops.fastmtl, name) for name in OP_NAMES)
+
+
 def missing_reason() -> str:
-    """Why ``fastmtl._C`` is not loaded (build skipped, build failed, or import error)."""
+    """Why the CUDA part of ``fastmtl._C`` is not loaded (build skipped, build failed, or import error)."""
     info = build_info()
+    if _C is not None and info.get("CUDA_EXTENSION_BUILT") is False:
+        return f"fastmtl._C was built without its CUDA part: {info.get('SKIP_REASON') or 'no reason recorded'}"
     if info.get("CUDA_EXTENSION_BUILT") is False and info.get("SKIP_REASON"):
         return f"fastmtl._C was not built: {info['SKIP_REASON']}"
     if _LOAD_ERROR and "No module named" not in _LOAD_ERROR:
@@ -86,15 +95,12 @@ def missing_reason() -> str:
 
 def unavailable_reason() -> Optional[str]:
     """``None`` when the CUDA ops can run on the current CUDA device, else a short reason."""
-    if _C is None:
+    if _C is None or not cuda_part_loaded():
         return missing_reason()
     if torch.version.cuda is None:
         return f"torch {torch.__version__} is not a CUDA build"
     if not torch.cuda.is_available():
         return "no CUDA device is available"
-    missing = [name for name in OP_NAMES if not hasattr(torch.ops.fastmtl, name)]
-    if missing:
-        return f"fastmtl._C is loaded but does not register {', '.join(missing)}"
     if _FAKE_ERROR is not None:
         return f"fake kernels could not be registered: {_FAKE_ERROR}"
     try:
@@ -157,7 +163,7 @@ def _register_fakes() -> None:
         return None
 
 
-if _C is not None:
+if cuda_part_loaded():
     try:
         _register_fakes()
     except Exception as exc:  # an incompatible torch.library: report through the probe, never on import

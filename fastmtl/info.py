@@ -1,8 +1,9 @@
 """``python -m fastmtl.info``: which backends can run here, and why the others cannot.
 
-Prints the versions (fastmtl, torch, CUDA, Triton), the visible devices, what ``setup.py`` recorded
-when it built (or skipped) the CUDA extension ``fastmtl._C``, and every registered backend with its
-availability. :func:`collect` returns the same information as a dict.
+Prints the versions (fastmtl, torch, CUDA, Triton), the visible devices, which parts of the compiled
+extension ``fastmtl._C`` ``setup.py`` built (the CPU part: solvers and CPU multi-tensor kernels; the
+CUDA part: GPU kernels) or why it skipped them, whether they loaded, and every registered backend
+with its availability. :func:`collect` returns the same information as a dict.
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ def collect() -> Dict[str, Any]:
     import fastmtl
     from fastmtl import cuda as fcuda
     from fastmtl.ops import backends
+    from fastmtl.solvers import compiled
 
     rows = []
     for b in backends():
@@ -64,6 +66,7 @@ def collect() -> Dict[str, Any]:
         "build": fcuda.build_info(),
         "extension_loaded": fcuda.extension_loaded(),
         "extension_error": fcuda.load_error(),
+        "parts_loaded": {"cpu": compiled.unavailable_reason("cpu") is None, "cuda": fcuda.cuda_part_loaded()},
         "backends": rows,
     }
 
@@ -76,15 +79,24 @@ def format_report(info: Dict[str, Any]) -> str:
         f"triton  {info['triton']}",
         "devices " + ("; ".join(info["devices"]) if info["devices"] else "no CUDA device"),
         "",
-        "CUDA extension fastmtl._C:",
+        "compiled extension fastmtl._C:",
     ]
     build = info["build"]
+    loaded = info.get("parts_loaded", {})
     if not build:
         lines.append("  no build information (fastmtl/_build_info.py is missing: setup.py has not run here)")
     else:
-        built = build.get("CUDA_EXTENSION_BUILT")
-        lines.append(f"  built:      {'yes' if built else 'no'}"
-                     + ("" if built else f" ({build.get('SKIP_REASON') or 'no reason recorded'})"))
+        # Builds before the CPU part existed recorded the CUDA extension only.
+        cpu_built = build.get("CPU_EXTENSION_BUILT", build.get("CUDA_EXTENSION_BUILT"))
+        cuda_built = build.get("CUDA_EXTENSION_BUILT")
+        lines.append("  CPU part (K×K solvers, CPU multi-tensor kernels):")
+        lines.append(f"    built:    {'yes' if cpu_built else 'no'}"
+                     + ("" if cpu_built else f" ({build.get('CPU_SKIP_REASON') or build.get('SKIP_REASON') or 'no reason recorded'})"))
+        lines.append(f"    loaded:   {'yes' if loaded.get('cpu') else 'no'}")
+        lines.append("  CUDA extension fastmtl._C, CUDA part (Gram / weighted-sum kernels, device solvers):")
+        lines.append(f"    built:    {'yes' if cuda_built else 'no'}"
+                     + ("" if cuda_built else f" ({build.get('SKIP_REASON') or 'no reason recorded'})"))
+        lines.append(f"    loaded:   {'yes' if loaded.get('cuda') else 'no'}")
         for key, label in (("TORCH_VERSION", "torch"), ("CUDA_VERSION", "CUDA"), ("ARCH_LIST", "archs"),
                            ("NVCC", "nvcc")):
             if build.get(key):

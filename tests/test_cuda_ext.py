@@ -218,7 +218,9 @@ def test_split_flat_views():
 def test_backend_registered_with_reasons():
     b = get_backend("cuda")
     assert b.priority == 20 and b.devices == ("cuda",) and b.deterministic
-    assert set(b.implementations) == {"gramian", "weighted_sum"}
+    # The hot-path primitives, and the K×K solvers of fastmtl.solvers (one kernel launch per solve).
+    assert set(b.implementations) == {"gramian", "weighted_sum", "min_norm_simplex", "project_dual_cone",
+                                      "cagrad_simplex_weights", "nash_weights", "symmetric_eigh"}
     if _GPU_REASON is not None:
         assert b.unavailable_reason() == _GPU_REASON
         with pytest.raises(RuntimeError, match="backend 'cuda'"):

@@ -8,6 +8,7 @@ import torch
 from .base import GramMethod
 from .common import check_choice, symmetric64
 from .registry import register_method
+from ..solvers import symmetric_eigh
 
 
 @register_method
@@ -20,7 +21,8 @@ class AlignedMTL(GramMethod):
     gradients ``J' = B J`` are orthogonal with norm σ; ``d = 1ᵀ J'`` so ``λ = B·1`` (official and
     LibMTL scale; TorchJD's is K times smaller). Rank 0 returns ``λ = 1``.
 
-    On CUDA the symmetric eigen-solver checks convergence and so synchronises once per call.
+    The eigen-decomposition is :func:`fastmtl.solvers.symmetric_eigh` (fixed-sweep Jacobi, no host
+    synchronisation on CUDA).
     """
 
     uses_generator = False
@@ -35,7 +37,7 @@ class AlignedMTL(GramMethod):
         acc_eps = torch.finfo(G.dtype).eps
         G = symmetric64(G)
         K = G.shape[0]
-        evals, evecs = torch.linalg.eigh(G)
+        evals, evecs = symmetric_eigh(G)
         keep = evals > evals.amax().clamp_min(0) * K * acc_eps
         safe = torch.where(keep, evals, torch.ones_like(evals))
         inv_sqrt = torch.where(keep, safe.rsqrt(), torch.zeros_like(evals))

@@ -10,6 +10,7 @@ import torch
 from .base import GramMethod
 from .common import check_positive, symmetric64
 from .registry import register_method
+from ..solvers import symmetric_eigh
 
 
 @register_method
@@ -67,7 +68,7 @@ class ConFIG(GramMethod):
         C = G / (n[:, None] * n[None, :])
         both = live[:, None] & live[None, :]
         C = torch.where(both, C, 0.0)
-        evals, V = torch.linalg.eigh(C)
+        evals, V = symmetric_eigh(C)
         cut = rcond * evals[-1].clamp_min(0.0)
         keep = evals > cut
         inv = torch.where(keep, 1.0 / torch.where(keep, evals, 1.0), 0.0)

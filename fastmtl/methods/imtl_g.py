@@ -7,6 +7,7 @@ import torch
 from .base import GramMethod
 from .common import symmetric64
 from .registry import register_method
+from ..solvers import symmetric_eigh
 
 
 @register_method
@@ -18,7 +19,8 @@ class IMTLG(GramMethod):
     the pseudo-inverse (eigen-decomposition, relative cut-off ``K·eps·λ_max``) handles
     rank-deficient G. ``λ = 0`` when ``|Σ v| ≤ 1e-12·Σ|v|`` (no such direction).
 
-    On CUDA the symmetric eigen-solver checks convergence and so synchronises once per call.
+    The eigen-decomposition is :func:`fastmtl.solvers.symmetric_eigh` (fixed-sweep Jacobi, no host
+    synchronisation on CUDA).
     """
 
     uses_generator = False
@@ -30,7 +32,7 @@ class IMTLG(GramMethod):
         G = symmetric64(G)
         K = G.shape[0]
         n = torch.sqrt(torch.diagonal(G).clamp_min(0))
-        evals, evecs = torch.linalg.eigh(G)
+        evals, evecs = symmetric_eigh(G)
         cutoff = evals.amax().clamp_min(0) * K * acc_eps
         inv = torch.where(evals > cutoff, 1.0 / torch.where(evals > cutoff, evals, torch.ones_like(evals)),
                           torch.zeros_like(evals))

@@ -1,14 +1,29 @@
-"""Registers the compiled CPU backend (``fastmtl._C``'s multi-tensor kernels): CPU tensors,
+"""Registers the compiled CPU backend (``fastmtl._C``'s CPU part): CPU tensors,
 float32/float16/bfloat16/float64, deterministic for any thread count.
 
-Priority sits above the reference, so automatic selection takes it on CPU tensors where
-:func:`fastmtl._cpu_ops.defer_to_blas` does not send the call to BLAS; the reference stays the
-fallback (and runs whenever the extension is missing, which the probe reports).
+Primitives: the multi-tensor ``gramian`` / ``weighted_sum`` kernels, and the K×K solvers of
+:mod:`fastmtl.solvers` (``fastmtl.solvers.compiled``, K ≤ 64). Priority sits above the reference, so
+automatic selection takes it on CPU tensors where :func:`fastmtl._cpu_ops.defer_to_blas` does not
+send the call to BLAS; the reference stays the fallback (and runs whenever the extension is
+missing, which the probe reports).
 """
 
 from ..gradients import SUPPORTED_DTYPES
 from .. import _cpu_ops
-from .registry import Backend, register_backend
+from ..solvers import compiled as _solvers
+from .registry import Backend, GramOperand, register_backend
+
+SOLVERS = {"min_norm_simplex": _solvers.min_norm_simplex, "project_dual_cone": _solvers.project_dual_cone,
+           "cagrad_simplex_weights": _solvers.cagrad_simplex_weights, "nash_weights": _solvers.nash_weights,
+           "symmetric_eigh": _solvers.symmetric_eigh}
+
+
+def _extra_reasons(operand) -> list:
+    if isinstance(operand, GramOperand):
+        why = _solvers.unavailable_reason("cpu")
+        return ([why] if why else []) + _solvers.limit_reasons(operand.num_tasks, operand.dtype)
+    return []
+
 
 register_backend(Backend(
     name="cpu",
@@ -16,8 +31,10 @@ register_backend(Backend(
     devices=("cpu",),
     dtypes=SUPPORTED_DTYPES,
     # Fixed chunks and groups, partial sums added in group order: independent of the thread count.
+    # The solvers run each solve on one thread in a fixed order.
     deterministic=True,
     probe=_cpu_ops.unavailable_reason,
-    implementations={"gramian": _cpu_ops.gramian_tg, "weighted_sum": _cpu_ops.weighted_sum_tg},
+    implementations={"gramian": _cpu_ops.gramian_tg, "weighted_sum": _cpu_ops.weighted_sum_tg, **SOLVERS},
+    extra_reasons=_extra_reasons,
     defer=_cpu_ops.defer_to_blas,
 ))

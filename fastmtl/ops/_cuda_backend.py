@@ -1,5 +1,8 @@
 """Registers the CUDA C++ backend (``fastmtl._C``): CUDA tensors, fp32/fp16/bf16/fp64, deterministic.
 
+Primitives: the multi-tensor ``gramian`` / ``weighted_sum`` kernels, and the K×K solvers of
+:mod:`fastmtl.solvers` (``fastmtl.solvers.compiled``: one kernel launch per solve, K ≤ 64).
+
 Importing this module never fails: when the extension is missing, the backend is still registered
 and its probe says why it cannot run (see ``python -m fastmtl.info``). When a CUDA device is
 available but the extension is not, a warning is issued once, at import.
@@ -11,7 +14,19 @@ import torch
 
 from ..gradients import SUPPORTED_DTYPES
 from .. import cuda as _cuda
-from .registry import Backend, register_backend
+from ..solvers import compiled as _solvers
+from .registry import Backend, GramOperand, register_backend
+
+SOLVERS = {"min_norm_simplex": _solvers.min_norm_simplex, "project_dual_cone": _solvers.project_dual_cone,
+           "cagrad_simplex_weights": _solvers.cagrad_simplex_weights, "nash_weights": _solvers.nash_weights,
+           "symmetric_eigh": _solvers.symmetric_eigh}
+
+
+def _extra_reasons(operand) -> list:
+    if isinstance(operand, GramOperand):
+        why = _solvers.unavailable_reason("cuda")
+        return ([why] if why else []) + _solvers.limit_reasons(operand.num_tasks, operand.dtype)
+    return _cuda.extra_reasons(operand)
 
 register_backend(Backend(
     name="cuda",
@@ -21,13 +36,13 @@ register_backend(Backend(
     # Fixed-order reductions without atomics: bitwise repeatable for a given device and build.
     deterministic=True,
     probe=_cuda.unavailable_reason,
-    implementations={"gramian": _cuda.gramian_tg, "weighted_sum": _cuda.weighted_sum_tg},
-    extra_reasons=_cuda.extra_reasons,
+    implementations={"gramian": _cuda.gramian_tg, "weighted_sum": _cuda.weighted_sum_tg, **SOLVERS},
+    extra_reasons=_extra_reasons,
 ))
 
 
 def _warn_if_missing() -> None:
-    if _cuda.extension_loaded():
+    if _cuda.extension_loaded() and _cuda.cuda_part_loaded():
         return
     try:
         cuda_available = torch.cuda.is_available()

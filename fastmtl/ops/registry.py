@@ -13,6 +13,13 @@ An explicit request (1–3) that cannot run raises ``RuntimeError`` listing ever
 automatic selection never fails because the reference runs everywhere. Under
 ``torch.use_deterministic_algorithms(True)`` automatic selection skips backends that are not
 bitwise deterministic.
+
+Besides the hot-path primitives over task gradients (``gramian``, ``weighted_sum``, ...), backends
+implement the K×K solver primitives of :mod:`fastmtl.solvers`, which see only the Gram matrix: they
+are selected by :func:`solver_implementation` from a :class:`GramOperand` (device, dtype, K). There
+a request (2–3) for a backend that has no such solver, or cannot run it on G, falls back to the
+automatic choice instead of raising, and the choice is cached per (solver, device type, dtype, K,
+request, determinism), so a solve pays a dictionary look-up, not a selection.
 """
 
 from __future__ import annotations
@@ -20,11 +27,28 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional, Union
 
 import torch
 
 from ..gradients import TaskGradients
+
+
+@dataclass(frozen=True)
+class GramOperand:
+    """What selection needs to know about a call that sees only a K×K Gram matrix (a solver).
+
+    A backend's ``dtypes`` (those of task gradients) do not apply to it: its ``extra_reasons`` say
+    which Gram matrices its solvers take.
+    """
+
+    device: torch.device
+    dtype: torch.dtype
+    num_tasks: int
+
+
+# What a primitive's selection looks at: the task gradients, or only the Gram matrix.
+Operand = Union[TaskGradients, GramOperand]
 
 
 @dataclass
@@ -38,14 +62,14 @@ class Backend:
     deterministic: bool
     probe: Callable[[], Optional[str]]  # returns None when usable, else why not
     implementations: Dict[str, Callable] = field(default_factory=dict)
-    extra_reasons: Optional[Callable[[TaskGradients], List[str]]] = None
+    extra_reasons: Optional[Callable[[Operand], List[str]]] = None
     # Devices on which automatic selection may pick this backend (default: all of ``devices``).
     # The Triton interpreter runs on CPU tensors but is far slower than the reference there, so
     # it is used on CPU only when asked for explicitly.
     automatic_devices: Optional[tuple] = None
     # Automatic selection passes over this backend for (primitive, inputs) where it returns True,
     # e.g. where a lower-priority backend is measured faster; an explicit request still runs it.
-    defer: Optional[Callable[[str, TaskGradients], bool]] = None
+    defer: Optional[Callable[[str, Operand], bool]] = None
     _probe_result: object = field(default=..., repr=False)
 
     def unavailable_reason(self) -> Optional[str]:
@@ -56,7 +80,7 @@ class Backend:
                 self._probe_result = f"availability probe failed: {exc!r}"
         return self._probe_result
 
-    def not_supported_reasons(self, primitive: str, tg: Optional[TaskGradients]) -> List[str]:
+    def not_supported_reasons(self, primitive: str, tg: Optional[Operand]) -> List[str]:
         reasons = []
         why = self.unavailable_reason()
         if why is not None:
@@ -66,7 +90,8 @@ class Backend:
         if tg is not None:
             if tg.device.type not in self.devices:
                 reasons.append(f"runs on {'/'.join(self.devices)} tensors, got {tg.device.type}")
-            if tg.dtype not in self.dtypes:
+            # The dtypes are those of task gradients; a solver's own limits on G come from extra_reasons.
+            if tg.dtype not in self.dtypes and not isinstance(tg, GramOperand):
                 reasons.append(f"does not handle dtype {tg.dtype}")
             if self.extra_reasons is not None and not reasons:
                 reasons.extend(self.extra_reasons(tg))
@@ -76,15 +101,19 @@ class Backend:
 _BACKENDS: Dict[str, Backend] = {}
 _CONTEXT_STACK: List[str] = []
 _ENV_CHOICE: List[Optional[str]] = []
+# (solver, device type, dtype, K, request, deterministic-only) -> implementation.
+_SOLVER_CHOICE: Dict[tuple, Callable] = {}
 
 
 def register_backend(backend: Backend) -> Backend:
     _BACKENDS[backend.name] = backend
+    _SOLVER_CHOICE.clear()
     return backend
 
 
 def register_implementation(backend_name: str, primitive: str, fn: Callable) -> None:
     _BACKENDS[backend_name].implementations[primitive] = fn
+    _SOLVER_CHOICE.clear()
 
 
 def get_backend(name: str) -> Backend:
@@ -133,8 +162,12 @@ def requested_backend(explicit: Optional[str]) -> Optional[tuple]:
     return None
 
 
-def select(primitive: str, tg: TaskGradients, explicit: Optional[str] = None) -> Backend:
-    """The backend that runs ``primitive`` on ``tg`` (see the module docstring for the rules)."""
+def select(primitive: str, tg: Operand, explicit: Optional[str] = None, *, fallback: bool = False) -> Backend:
+    """The backend that runs ``primitive`` on ``tg`` (see the module docstring for the rules).
+
+    With ``fallback=True`` a requested backend that cannot run the call gives way to the automatic
+    choice instead of raising (the solvers' rule).
+    """
     request = requested_backend(explicit)
     if request is not None:
         name, source = request
@@ -142,10 +175,11 @@ def select(primitive: str, tg: TaskGradients, explicit: Optional[str] = None) ->
         reasons = backend.not_supported_reasons(primitive, tg)
         if not reasons:
             return backend
-        report = "; ".join(f"{b.name}: {', '.join(b.not_supported_reasons(primitive, tg)) or 'ok'}"
-                           for b in backends())
-        raise RuntimeError(f"backend {name!r} (from the {source}) cannot run {primitive} on these inputs: "
-                           f"{', '.join(reasons)}. Every backend: {report}")
+        if not fallback:
+            report = "; ".join(f"{b.name}: {', '.join(b.not_supported_reasons(primitive, tg)) or 'ok'}"
+                               for b in backends())
+            raise RuntimeError(f"backend {name!r} (from the {source}) cannot run {primitive} on these inputs: "
+                               f"{', '.join(reasons)}. Every backend: {report}")
     deterministic_only = torch.are_deterministic_algorithms_enabled()
     for backend in backends():
         if deterministic_only and not backend.deterministic:
@@ -158,3 +192,20 @@ def select(primitive: str, tg: TaskGradients, explicit: Optional[str] = None) ->
         if not backend.not_supported_reasons(primitive, tg):
             return backend
     raise RuntimeError(f"no backend can run {primitive}; this is a bug: the reference runs everywhere")
+
+
+def solver_implementation(primitive: str, G: torch.Tensor) -> Callable:
+    """The implementation of the K×K solver ``primitive`` for the Gram matrix ``G`` (cached).
+
+    The compiled solver where ``fastmtl._C`` has it for G's device, else the reference;
+    ``use_backend("reference")`` / ``FASTMTL_BACKEND=reference`` force the reference, and a request
+    for a backend without this solver (e.g. ``triton``) uses the automatic choice.
+    """
+    request = _CONTEXT_STACK[-1] if _CONTEXT_STACK else _env_backend()
+    key = (primitive, G.device.type, G.dtype, G.shape[-1], request, torch.are_deterministic_algorithms_enabled())
+    impl = _SOLVER_CHOICE.get(key)
+    if impl is None:
+        operand = GramOperand(device=G.device, dtype=G.dtype, num_tasks=G.shape[-1])
+        impl = select(primitive, operand, fallback=True).implementations[primitive]
+        _SOLVER_CHOICE[key] = impl
+    return impl

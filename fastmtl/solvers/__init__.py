@@ -8,14 +8,18 @@ data-dependent control flow, and traces under ``torch.compile(fullgraph=True)``.
 * :func:`project_dual_cone` — UPGrad / DualProj, TorchJD's dual-cone projection problem.
 * :func:`cagrad_simplex_weights` — CAGrad's dual, ``min_{w∈Δ} ⟨g_w, g_0⟩ + c‖g_0‖‖g_w‖``.
 * :func:`nash_weights` — Nash-MTL, ``α_i (Gα)_i = 1``.
-* :func:`mehrotra_qp` — the shared primal-dual interior-point kernel.
+* :func:`symmetric_eigh` — eigenvalues and eigenvectors by fixed-sweep cyclic Jacobi (IMTL-G,
+  Aligned-MTL, ConFIG), in place of ``torch.linalg.eigh``, which synchronises on CUDA.
+* :func:`mehrotra_qp` — the shared primal-dual interior-point kernel (reference only).
+
+The five solvers above run compiled (``fastmtl._C``: on the host for CPU tensors, one kernel launch
+per solve for CUDA tensors) where the extension has them, else as the pure-PyTorch reference of
+the modules ``min_norm``, ``dual_cone``, ``cagrad``, ``nash``, ``jacobi``: see
+:mod:`fastmtl.solvers.dispatch` and ``fastmtl.use_backend("reference")``.
 """
 
-from .cagrad import cagrad_simplex_weights
-from .dual_cone import project_dual_cone
+from .dispatch import cagrad_simplex_weights, min_norm_simplex, nash_weights, project_dual_cone, symmetric_eigh
 from .interior_point import mehrotra_qp
-from .min_norm import min_norm_simplex
-from .nash import nash_weights
 
-__all__ = ["min_norm_simplex", "project_dual_cone", "cagrad_simplex_weights", "nash_weights",
+__all__ = ["min_norm_simplex", "project_dual_cone", "cagrad_simplex_weights", "nash_weights", "symmetric_eigh",
            "mehrotra_qp"]
