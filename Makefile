@@ -34,7 +34,7 @@ $(VENV)/.deps-installed:
 	$(PY) -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 	touch $@
 
-$(STAMP): $(VENV)/.deps-installed pyproject.toml setup.py $(wildcard csrc/*)
+$(STAMP): $(VENV)/.deps-installed pyproject.toml setup.py $(wildcard csrc/*) $(wildcard csrc/solvers/*)
 	# Dependencies already satisfied (torch, triton) are kept as installed: pip is not asked for
 	# torch here, so it does not re-resolve torch's own pins.
 	$(PIP) install -e ".[dev,bench]" --no-build-isolation "$(NUMPY_SPEC)"
