@@ -10,7 +10,7 @@
 //   weighted_sum_cpu(Tensor?[] tensors, int num_tasks, Tensor weights) -> Tensor[]
 //       sum_k weights[k] * g[k][p] for every parameter p, shaped like the parameter, in the inputs'
 //       dtype, one allocation each (custom-op outputs must not alias one another). A parameter no
-//       task touches gets an empty 1-D tensor (fastmtl._cpu_ops turns it into None).
+//       task touches gets an empty 1-D tensor (fastmtl.cpu_ops turns it into None).
 //   weighted_sum_cpu_out(Tensor?[] tensors, int num_tasks, Tensor weights, Tensor(a!)[] out) -> ()
 //       writes parameter p into out[p] (any supported dtype). out[p] may be exactly one of parameter
 //       p's inputs; any other overlap with an input or another out tensor is an error.
@@ -486,7 +486,7 @@ void weighted_sum_cpu_out(const OptTensorList& tensors, int64_t num_tasks, const
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(fastmtl, m) {
-  m.set_python_module("fastmtl._cpu_ops");
+  m.set_python_module("fastmtl.cpu_ops");
   m.def("gramian_cpu(Tensor?[] tensors, int num_tasks) -> Tensor", {at::Tag::pt2_compliant_tag});
   m.def("weighted_sum_cpu(Tensor?[] tensors, int num_tasks, Tensor weights) -> Tensor[]", {at::Tag::pt2_compliant_tag});
   m.def("weighted_sum_cpu_out(Tensor?[] tensors, int num_tasks, Tensor weights, Tensor(a!)[] out) -> ()",

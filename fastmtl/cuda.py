@@ -33,12 +33,10 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from ._op_entries import column_numels, first_entry, task_major_entries, weighted_sum_into  # noqa: F401  (re-exported)
-
 from .gradients import TaskGradients
+from .ops.op_format import (fake_gramian, fake_weighted_sum_flat, fake_weighted_sum_out, split_flat,
+                            task_major_entries, weighted_sum_into)
 
-# Must match kOutPad in csrc/multi_tensor.cuh.
-OUT_PAD = 16
 # Must match kMaxTasks in csrc/ops.cpp.
 MAX_TASKS = 2048
 OP_NAMES = ("gramian_cuda", "weighted_sum_cuda", "weighted_sum_cuda_out")
@@ -130,37 +128,10 @@ def is_available() -> bool:
 # ---- fake (meta) kernels ------------------------------------------------------------------------
 
 
-def _check_entries(tensors: Sequence[Optional[torch.Tensor]], num_tasks: int, op: str) -> torch.Tensor:
-    return first_entry(tensors, num_tasks, op, RuntimeError)
-
-
-def padded(n):
-    """``n`` rounded up to the flat-output padding (works on SymInts)."""
-    return (n + OUT_PAD - 1) // OUT_PAD * OUT_PAD
-
-
-def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _register_fakes() -> None:
-    @torch.library.register_fake("fastmtl::gramian_cuda")
-    def _gramian_fake(tensors, num_tasks):
-        ref = _check_entries(tensors, num_tasks, "fastmtl::gramian_cuda")
-        return ref.new_empty((num_tasks, num_tasks), dtype=_accumulate_dtype(ref.dtype))
-
-    @torch.library.register_fake("fastmtl::weighted_sum_cuda")
-    def _weighted_sum_fake(tensors, num_tasks, weights):
-        ref = _check_entries(tensors, num_tasks, "fastmtl::weighted_sum_cuda")
-        total = 0
-        for n in column_numels(tensors, num_tasks):
-            total = total + padded(n)
-        return ref.new_empty((total,), dtype=ref.dtype)
-
-    @torch.library.register_fake("fastmtl::weighted_sum_cuda_out")
-    def _weighted_sum_out_fake(tensors, num_tasks, weights, out):
-        _check_entries(tensors, num_tasks, "fastmtl::weighted_sum_cuda_out")
-        return None
+    for name, fake in (("gramian_cuda", fake_gramian), ("weighted_sum_cuda", fake_weighted_sum_flat),
+                       ("weighted_sum_cuda_out", fake_weighted_sum_out)):
+        torch.library.register_fake(f"fastmtl::{name}")(fake(f"fastmtl::{name}"))
 
 
 if cuda_part_loaded():
@@ -188,19 +159,6 @@ def weighted_sum_out(tensors: Sequence[Optional[torch.Tensor]], num_tasks: int, 
                      out: Sequence[torch.Tensor]) -> None:
     """``torch.ops.fastmtl.weighted_sum_cuda_out``: writes parameter ``p`` into ``out[p]``."""
     torch.ops.fastmtl.weighted_sum_cuda_out(list(tensors), num_tasks, weights, list(out))
-
-
-def split_flat(flat: torch.Tensor, shapes: Sequence[Optional[torch.Size]]) -> list:
-    """Per-parameter views of a flat ``weighted_sum_cuda`` result (``None`` for ``None`` shapes)."""
-    if len(shapes) == 1 and shapes[0] is not None:
-        return [flat[: shapes[0].numel()].view(shapes[0])]
-    sizes = []
-    for shape in shapes:
-        n = 0 if shape is None else shape.numel()
-        sizes.append(n)
-        sizes.append(padded(n) - n)
-    pieces = torch.split_with_sizes(flat, sizes)
-    return [None if shape is None else pieces[2 * p].view(shape) for p, shape in enumerate(shapes)]
 
 
 def table_cache_stats() -> dict:

@@ -54,7 +54,7 @@ def collect() -> Dict[str, Any]:
             "devices": list(b.devices),
             "dtypes": [str(d).replace("torch.", "") for d in b.dtypes],
             "deterministic": b.deterministic,
-            "primitives": sorted(b.implementations),
+            "primitives": b.primitives,
         })
     return {
         "fastmtl": fastmtl.__version__,

@@ -4,13 +4,13 @@ import pytest
 import torch
 
 import fastmtl
-from fastmtl import _cpu_ops
+from fastmtl import cpu_ops
 from fastmtl.gradients import canonicalize, canonicalize_out
 from fastmtl.ops import select
 from fastmtl.reference.primitives import gramian_ref, weighted_sum_ref
 
-pytestmark = pytest.mark.skipif(_cpu_ops.unavailable_reason() is not None,
-                                reason=f"CPU kernels unavailable: {_cpu_ops.unavailable_reason()}")
+pytestmark = pytest.mark.skipif(cpu_ops.unavailable_reason() is not None,
+                                reason=f"CPU kernels unavailable: {cpu_ops.unavailable_reason()}")
 
 LOW = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11, torch.float32: 2.0 ** -24, torch.float64: 2.0 ** -53}
 

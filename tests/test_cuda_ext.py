@@ -228,12 +228,12 @@ def test_backend_registered_with_reasons():
 
 
 def test_warns_once_when_cuda_available_but_extension_missing(monkeypatch):
-    from fastmtl.ops import _cuda_backend
+    from fastmtl.ops import cuda_backend
 
     monkeypatch.setattr(fcuda, "extension_loaded", lambda: False)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     with pytest.warns(RuntimeWarning, match="CUDA extension is not"):
-        _cuda_backend._warn_if_missing()
+        cuda_backend._warn_if_missing()
 
 
 def test_info_runs():

@@ -4,10 +4,10 @@ from .registry import (Backend, available_backends, backends, get_backend, regis
                        register_implementation, select, use_backend)
 from .primitives import gramian, gramian_of, weighted_sum, weighted_sum_of
 from .engine import Engine
-from . import _reference_backend  # noqa: F401  (registers the reference backend)
-from . import _cpu_backend  # noqa: F401  (registers "cpu": fastmtl._C's CPU kernels; a missing build shows in its probe)
-from . import _cuda_backend  # noqa: F401  (registers "cuda"; never raises: a missing fastmtl._C shows in its probe)
-from . import _triton_backend  # noqa: F401  (registers "triton"; never raises, imports Triton lazily)
+from . import reference_backend  # noqa: F401  (registers the reference backend)
+from . import cpu_backend  # noqa: F401  (registers "cpu": fastmtl._C's CPU kernels; a missing build shows in its probe)
+from . import cuda_backend  # noqa: F401  (registers "cuda"; never raises: a missing fastmtl._C shows in its probe)
+from . import triton_backend  # noqa: F401  (registers "triton"; never raises, imports Triton lazily)
 
 __all__ = ["Engine", "Backend", "available_backends", "backends", "get_backend", "register_backend",
            "register_implementation", "select", "use_backend", "gramian", "gramian_of",

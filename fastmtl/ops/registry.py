@@ -72,6 +72,11 @@ class Backend:
     defer: Optional[Callable[[str, Operand], bool]] = None
     _probe_result: object = field(default=..., repr=False)
 
+    @property
+    def primitives(self) -> List[str]:
+        """Names of the primitives this backend implements."""
+        return sorted(self.implementations)
+
     def unavailable_reason(self) -> Optional[str]:
         if self._probe_result is ...:
             try:

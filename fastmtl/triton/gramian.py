@@ -46,8 +46,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .tables import (TL_DTYPES, address_table, check_block, column_sum, device_guard, first_tensor,
-                     gather_inputs, interpreter_active, layout, num_sms)
+from ..ops.op_format import fake_gramian
+from .tables import (TL_DTYPES, address_table, check_block, column_sum, device_guard, gather_inputs, interpreter_active, layout, num_sms)
 
 OP = "fastmtl::gramian_triton"
 
@@ -196,10 +196,7 @@ def gramian_op(tensors: List[Optional[torch.Tensor]], num_tasks: int, block: int
     return _gramian_impl(tensors, num_tasks, block)
 
 
-@gramian_op.register_fake
-def _gramian_fake(tensors, num_tasks, block=0):
-    ref = first_tensor(tensors, num_tasks, OP)
-    return ref.new_empty((num_tasks, num_tasks), dtype=torch.float32)
+gramian_op.register_fake(fake_gramian(OP, ValueError))
 
 
 def gramian_triton(tg, block: Optional[int] = None) -> torch.Tensor:

@@ -55,16 +55,15 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from .._op_entries import column_numels, first_entry  # noqa: F401  (re-exported)
+from ..ops.op_format import FLAT_PAD, column_numels, first_entry, padded, split_flat  # noqa: F401  (re-exported)
 import triton
 import triton.language as tl
 
 # Dtypes the kernels load (and store); accumulation is always float32.
 KERNEL_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-# Flat outputs place every parameter at a multiple of this many elements (16-byte aligned for
-# every supported dtype), so the aligned (vectorised) kernel variant applies to them. The kernels
-# zero the padding and hard-code this value there.
-FLAT_PAD = 16
+# Flat outputs place every parameter at a multiple of FLAT_PAD elements (fastmtl.ops.op_format;
+# 16-byte aligned for every supported dtype), so the aligned (vectorised) kernel variant applies
+# to them. The kernels zero the padding and hard-code this value there.
 # Address alignment (bytes) the ALIGNED kernel variants promise to the compiler.
 ALIGN_BYTES = 16
 
@@ -127,11 +126,6 @@ def num_sms(device: torch.device) -> int:
     if device.type == "cuda":
         return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
     return 4
-
-
-def padded(n):
-    """``n`` rounded up to :data:`FLAT_PAD` (works on SymInts)."""
-    return (n + FLAT_PAD - 1) // FLAT_PAD * FLAT_PAD
 
 
 # ---- input gathering -----------------------------------------------------------------------------
@@ -319,23 +313,6 @@ def address_table(device: torch.device, addresses: Sequence[int]) -> AddressTabl
 
 
 # ---- outputs -------------------------------------------------------------------------------------
-
-
-def split_flat(flat: torch.Tensor, shapes: Sequence[Optional[torch.Size]]) -> list:
-    """Per-parameter views of a flat kernel output (parameter ``p`` at ``flat_off[p]``).
-
-    ``None`` shapes give ``None``.
-    """
-    views = []
-    off = 0
-    for shape in shapes:
-        if shape is None:
-            views.append(None)
-            continue
-        n = torch.Size(shape).numel()
-        views.append(flat.narrow(0, off, n).view(shape))
-        off += padded(n)
-    return views
 
 
 def prepare_outputs(out: Sequence[torch.Tensor], numels: Tuple[int, ...], device: torch.device, op: str):

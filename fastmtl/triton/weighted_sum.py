@@ -31,8 +31,9 @@ import torch
 import triton
 import triton.language as tl
 
-from .tables import (ALIGN_BYTES, TL_DTYPES, Inputs, address_table, check_block, column_numels, device_guard,
-                     first_tensor, gather_inputs, interpreter_active, layout, padded, prepare_outputs,
+from ..ops.op_format import fake_weighted_sum_flat, fake_weighted_sum_out
+from .tables import (ALIGN_BYTES, TL_DTYPES, Inputs, address_table, check_block, device_guard,
+                     gather_inputs, interpreter_active, layout, padded, prepare_outputs,
                      split_flat)
 
 OP = "fastmtl::weighted_sum_triton"
@@ -207,13 +208,7 @@ def weighted_sum_op(tensors: List[Optional[torch.Tensor]], num_tasks: int, weigh
     return _weighted_sum_impl(tensors, num_tasks, weights, block)
 
 
-@weighted_sum_op.register_fake
-def _weighted_sum_fake(tensors, num_tasks, weights, block=0):
-    ref = first_tensor(tensors, num_tasks, OP)
-    total = 0
-    for n in column_numels(tensors, num_tasks):
-        total = total + padded(n)
-    return ref.new_empty((total,), dtype=ref.dtype)
+weighted_sum_op.register_fake(fake_weighted_sum_flat(OP, ValueError))
 
 
 @torch.library.custom_op(OP_OUT, mutates_args=("out",))
@@ -223,10 +218,7 @@ def weighted_sum_out_op(tensors: List[Optional[torch.Tensor]], num_tasks: int, w
     _weighted_sum_out_impl(tensors, num_tasks, weights, out, block)
 
 
-@weighted_sum_out_op.register_fake
-def _weighted_sum_out_fake(tensors, num_tasks, weights, out, block=0):
-    first_tensor(tensors, num_tasks, OP_OUT)
-    return None
+weighted_sum_out_op.register_fake(fake_weighted_sum_out(OP_OUT, ValueError))
 
 
 def weighted_sum_triton(tg, weights: torch.Tensor, out: Optional[list] = None,

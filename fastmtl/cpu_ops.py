@@ -26,7 +26,7 @@ from typing import Optional, Sequence
 import torch
 
 from .gradients import TaskGradients
-from ._op_entries import first_entry, task_major_entries, weighted_sum_into
+from .ops.op_format import fake_gramian, fake_weighted_sum_out, first_entry, task_major_entries, weighted_sum_into
 
 OP_NAMES = ("gramian_cpu", "weighted_sum_cpu", "weighted_sum_cpu_out")
 
@@ -52,15 +52,9 @@ def unavailable_reason() -> Optional[str]:
     return None
 
 
-def _accumulate_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
 def _register_fakes() -> None:
-    @torch.library.register_fake("fastmtl::gramian_cpu")
-    def _gramian_fake(tensors, num_tasks):
-        ref = first_entry(tensors, num_tasks, "fastmtl::gramian_cpu", RuntimeError)
-        return ref.new_empty((num_tasks, num_tasks), dtype=_accumulate_dtype(ref.dtype))
+    torch.library.register_fake("fastmtl::gramian_cpu")(fake_gramian("fastmtl::gramian_cpu"))
+    torch.library.register_fake("fastmtl::weighted_sum_cpu_out")(fake_weighted_sum_out("fastmtl::weighted_sum_cpu_out"))
 
     @torch.library.register_fake("fastmtl::weighted_sum_cpu")
     def _weighted_sum_fake(tensors, num_tasks, weights):
@@ -72,11 +66,6 @@ def _register_fakes() -> None:
             column = [tensors[k * P + p] for k in range(num_tasks) if tensors[k * P + p] is not None]
             parts.append(ref.new_empty(column[0].shape if column else (0,)))
         return parts
-
-    @torch.library.register_fake("fastmtl::weighted_sum_cpu_out")
-    def _weighted_sum_out_fake(tensors, num_tasks, weights, out):
-        first_entry(tensors, num_tasks, "fastmtl::weighted_sum_cpu_out", RuntimeError)
-        return None
 
 
 if _C is not None and all(hasattr(torch.ops.fastmtl, name) for name in OP_NAMES):

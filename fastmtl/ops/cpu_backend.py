@@ -3,13 +3,13 @@ float32/float16/bfloat16/float64, deterministic for any thread count.
 
 Primitives: the multi-tensor ``gramian`` / ``weighted_sum`` kernels, and the K×K solvers of
 :mod:`fastmtl.solvers` (``fastmtl.solvers.compiled``, K ≤ 64). Priority sits above the reference, so
-automatic selection takes it on CPU tensors where :func:`fastmtl._cpu_ops.defer_to_blas` does not
+automatic selection takes it on CPU tensors where :func:`fastmtl.cpu_ops.defer_to_blas` does not
 send the call to BLAS; the reference stays the fallback (and runs whenever the extension is
 missing, which the probe reports).
 """
 
 from ..gradients import SUPPORTED_DTYPES
-from .. import _cpu_ops
+from .. import cpu_ops
 from ..solvers import compiled as _solvers
 from .registry import Backend, GramOperand, register_backend
 
@@ -33,8 +33,8 @@ register_backend(Backend(
     # Fixed chunks and groups, partial sums added in group order: independent of the thread count.
     # The solvers run each solve on one thread in a fixed order.
     deterministic=True,
-    probe=_cpu_ops.unavailable_reason,
-    implementations={"gramian": _cpu_ops.gramian_tg, "weighted_sum": _cpu_ops.weighted_sum_tg, **SOLVERS},
+    probe=cpu_ops.unavailable_reason,
+    implementations={"gramian": cpu_ops.gramian_tg, "weighted_sum": cpu_ops.weighted_sum_tg, **SOLVERS},
     extra_reasons=_extra_reasons,
-    defer=_cpu_ops.defer_to_blas,
+    defer=cpu_ops.defer_to_blas,
 ))
