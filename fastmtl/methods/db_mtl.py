@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 import torch
 
 from ..gradients import accumulate_dtype
 from ..collectives import all_reduce_sum
 from .base import Direction, DirectionMethod
-from .common import check_num_tasks, check_positive
-from . import sharded_state
+from .common import check_positive
 from .registry import register_method
+from .row_buffers import RowBuffers
 
 
 @register_method
-class DBMTL(DirectionMethod):
+class DBMTL(RowBuffers, DirectionMethod):
     """Dual-balancing (Lin et al., 2023): log-loss scaling + EMA gradient-magnitude balancing.
 
     Loss-scale balancing: each task back-propagates ``log(ℓ_i + eps)``, i.e. its gradient is
@@ -65,63 +65,16 @@ class DBMTL(DirectionMethod):
 
     def reset(self) -> None:
         """Clear the buffers and the step counter."""
-        self._buffers: Optional[List[Optional[torch.Tensor]]] = None
-        self._shapes: Optional[list] = None
-        self._K: Optional[int] = None
+        self.reset_buffers()
         self._step = 0
         self.alpha: Optional[torch.Tensor] = None
-
-    def _after_load(self) -> None:
-        # The device check in _check_state compares against the buffers' (loaded) device.
-        held = [b for b in (self._buffers or []) if b is not None]
-        if held:
-            self._device = held[0].device
-        elif self._shapes is not None:
-            self._shapes, self._buffers, self._K = None, None, None  # nothing buffered yet
-
-    def _has_unsharded_state(self) -> bool:
-        return self._shapes is not None and getattr(self, "_shard", None) is None
-
-    def state_dict(self, process_group=None) -> dict:
-        """As :meth:`Method.state_dict`; under a process group (after sharded calls, or with
-        ``process_group`` given, e.g. for a fresh instance's ``dcp.load`` template) this rank's
-        shard in the layout of :mod:`fastmtl.methods.sharded_state`."""
-        return sharded_state.state_dict(self, process_group) or super().state_dict()
-
-    def load_state_dict(self, state: dict, strict: bool = True, process_group=None):
-        """As :meth:`Method.load_state_dict`; a sharded state dict needs the same rank and world
-        size (``process_group`` for an instance that has not run sharded yet)."""
-        if sharded_state.is_sharded(state):
-            return sharded_state.load(self, state, process_group, strict)
-        return super().load_state_dict(state, strict)
-
-    def _check_state(self, tg) -> None:
-        K = tg.num_tasks
-        check_num_tasks("DBMTL", self._K, K)
-        if self._shapes is None:
-            self._K = K
-            self._shapes = list(tg.shapes)
-            self._buffers = [None] * tg.num_params
-            self._device = tg.device
-            return
-        if len(self._shapes) != tg.num_params:
-            raise ValueError(f"this DBMTL instance buffers {len(self._shapes)} parameters but was called with "
-                             f"{tg.num_params}; create a new instance for other parameters")
-        for p, (old, new) in enumerate(zip(self._shapes, tg.shapes)):
-            if old is not None and new is not None and old != new:
-                raise ValueError(f"parameter {p}: shape {tuple(new)} differs from the buffered {tuple(old)}")
-            if old is None:
-                self._shapes[p] = new
-        if tg.device != self._device:
-            raise ValueError(f"this DBMTL instance buffers on {self._device}, gradients are on {tg.device}")
 
     def direction(self, engine, ctx):
         tg, out, losses, process_group = engine.tg, engine.targets, ctx.losses, ctx.process_group
         if losses is None:
             raise ValueError("db_mtl needs the task losses: combine(..., losses=...)")
-        if process_group is not None:  # the losses are rank-averaged already (every rank scales alike)
-            sharded_state.record(self, process_group)
-        self._check_state(tg)
+        # Sharded: each rank buffers its shard; the losses are rank-averaged already.
+        self.check_buffers(tg, process_group, "DBMTL")
         K = tg.num_tasks
         acc = accumulate_dtype(tg.dtype)
         self._step += 1
@@ -132,11 +85,8 @@ class DBMTL(DirectionMethod):
         for p in range(tg.num_params):
             if self._shapes[p] is None:
                 continue
-            M = self._buffers[p]
-            if M is None:
-                M = self._buffers[p] = torch.zeros(K, tg.numels[p], dtype=acc, device=tg.device)
-            else:
-                M.mul_(c)
+            M = self.buffer(tg, p)
+            M.mul_(c)
             if tg.matrix is not None:
                 M.addcmul_(tg.matrix, scale[:, None])
             else:
@@ -149,17 +99,5 @@ class DBMTL(DirectionMethod):
         norms = torch.sqrt(norms2)
         alpha = norms.amax() / (norms + self.eps)
         self.alpha = alpha
-        a = alpha.to(acc)
-        parts = []
-        for p in range(tg.num_params):
-            target = None if out is None else out[p]
-            if tg.shapes[p] is None:
-                parts.append(target)
-                continue
-            d = (a @ self._buffers[p]).view(tg.shapes[p])
-            if target is None:
-                parts.append(d.to(tg.dtype))
-            else:
-                target.copy_(d)
-                parts.append(target)
+        parts = self.combine_rows(tg, alpha.to(acc), out)
         return Direction(parts)

@@ -161,18 +161,7 @@ class MoCo(RowBuffers, DirectionMethod):
         # A non-finite gradient poisons Y (and so every later call): the whole direction is NaN,
         # never a partly finite one (the projection can map an infinite entry to a finite λ).
         coeff = torch.where(torch.isfinite(YY).all(), coeff, torch.full_like(coeff, float("nan"))).to(acc)
-        parts = []
-        for p in range(tg.num_params):
-            target = None if out is None else out[p]
-            if tg.shapes[p] is None:
-                parts.append(target)
-                continue
-            d = (coeff @ self._buffers[p]).view(tg.shapes[p])
-            if target is None:
-                parts.append(d.to(tg.dtype))
-            else:
-                target.copy_(d)
-                parts.append(target)
+        parts = self.combine_rows(tg, coeff, out)
         return Direction(parts)
 
     def _norms(self, YY: torch.Tensor, losses: Optional[torch.Tensor]) -> torch.Tensor:

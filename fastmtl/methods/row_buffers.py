@@ -1,5 +1,5 @@
 """Per-parameter ``K × numel`` state buffers for DirectionMethods that keep one value per task and
-coordinate across calls (MoCo's tracked gradients, ExcessMTL's squared-gradient sums).
+coordinate across calls (DB-MTL's gradient EMA, MoCo's tracked gradients, ExcessMTL's squared-gradient sums).
 
 The buffers have the layout of the task gradients: one ``[K, numel]`` tensor per parameter
 (float32, float64 for float64 gradients), created on the first call that reaches the parameter,
@@ -84,3 +84,20 @@ class RowBuffers:
             B = self._buffers[p] = torch.zeros(tg.num_tasks, tg.numels[p], dtype=accumulate_dtype(tg.dtype),
                                                device=tg.device)
         return B
+
+    def combine_rows(self, tg: TaskGradients, coeff: torch.Tensor, out) -> list:
+        """``Σ_k coeff[k]·B_p[k]`` per parameter (the buffers' rows combined, not the gradients),
+        written into ``out[p]`` when given; ``None`` (or ``out[p]``) where no task has a gradient."""
+        parts = []
+        for p in range(tg.num_params):
+            target = None if out is None else out[p]
+            if tg.shapes[p] is None:
+                parts.append(target)
+                continue
+            d = (coeff @ self._buffers[p]).view(tg.shapes[p])
+            if target is None:
+                parts.append(d.to(tg.dtype))
+            else:
+                target.copy_(d)
+                parts.append(target)
+        return parts
