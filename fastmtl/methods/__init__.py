@@ -14,7 +14,7 @@ from .base import Context, Direction, DirectionMethod, GramMethod, Method
 from .registry import METHODS, make_method, method_class, register_method
 
 # Infrastructure modules hold no method; everything else is imported for its registrations.
-_INFRASTRUCTURE = {"base", "registry", "common", "state", "sharded_state", "ordering"}
+_INFRASTRUCTURE = {"base", "registry", "common", "state", "sharded_state", "ordering", "row_buffers", "loss_scales"}
 for _info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
     if _info.name not in _INFRASTRUCTURE:
         importlib.import_module(f"{__name__}.{_info.name}")

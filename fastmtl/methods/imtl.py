@@ -3,19 +3,19 @@ ICLR 2021: the hybrid method, IMTL-L's learnable loss scales with IMTL-G's gradi
 
 from __future__ import annotations
 
-from typing import List, Optional
+from typing import Optional
 
 import torch
 
-from ..gradients import losses_tensor
 from .base import Context, GramMethod
-from .common import check_num_tasks, check_positive, symmetric64
+from .common import symmetric64
 from .imtl_g import IMTLG
+from .loss_scales import LearnableLossScales
 from .registry import register_method
 
 
 @register_method
-class IMTL(GramMethod):
+class IMTL(LearnableLossScales, GramMethod):
     """IMTL (Liu et al., ICLR 2021): learnable loss scales (IMTL-L) plus impartial gradients (IMTL-G).
 
     IMTL-L replaces each loss by ``e^{s_t} ℓ_t − s_t`` with learnable scales ``s`` (the
@@ -55,46 +55,22 @@ class IMTL(GramMethod):
 
     def __init__(self, num_tasks: Optional[int] = None, init: float = 0.0, lr: Optional[float] = None,
                  device=None):
-        if num_tasks is not None and (isinstance(num_tasks, bool) or not isinstance(num_tasks, int)
-                                      or num_tasks < 1):
-            raise ValueError(f"num_tasks must be None or an int ≥ 1, got {num_tasks!r}")
-        self.init = float(init)
-        if self.init != self.init or abs(self.init) == float("inf"):
-            raise ValueError(f"init must be finite, got {init}")
-        self.lr = None if lr is None else check_positive("lr", lr, allow_zero=False)
-        self.s: Optional[torch.nn.Parameter] = None
         self._balance = IMTLG()
-        if num_tasks is not None:
-            self._make(num_tasks, device)
+        self.init_scales(num_tasks, init, lr, device)
 
-    def _make(self, K: int, device) -> None:
-        self.s = torch.nn.Parameter(torch.full((K,), self.init, dtype=torch.float64, device=device))
-
-    def parameters(self) -> List[torch.nn.Parameter]:
-        """``[s]`` for the optimizer (empty before ``s`` exists)."""
-        return [] if self.s is None else [self.s]
-
-    def loss_term(self, losses) -> torch.Tensor:
-        """``Σ e^{s_t} ℓ_t.detach() − s_t``: back-propagate it to train ``s``."""
-        if self.s is None:
-            raise RuntimeError("IMTL.s does not exist yet: pass num_tasks= or call combine() first")
-        l = losses_tensor(losses, self.s.shape[0], self.s.device).to(self.s.dtype)
-        return (torch.exp(self.s) * l - self.s).sum()
+    def scale_objective(self, s: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+        """``Σ e^{s_t} ℓ_t.detach() − s_t``: back-propagate :meth:`loss_term` to train ``s``."""
+        return (torch.exp(s) * losses - s).sum()
 
     def weights(self, G, ctx):
         K, device = G.shape[0], G.device
-        if self.s is None:
-            self._make(K, device)
-        check_num_tasks("IMTL", self.s.shape[0], K)
         if self.lr is not None and ctx.losses is None:
             raise ValueError("imtl with lr= updates s from the task losses: combine(..., losses=...)")
-        scale = torch.exp(self.s.detach().to(device=device, dtype=torch.float64))
+        scale = torch.exp(self.scales_for(K, device))
         G = symmetric64(G)
         alpha = self._balance.weights(G * (scale[:, None] * scale[None, :]),
                                       Context(num_tasks=K, device=device))
         lam = alpha * scale
         if self.lr is not None:
-            grad = scale * ctx.losses.to(device=device, dtype=torch.float64) - 1.0
-            with torch.no_grad():
-                self.s.sub_((self.lr * grad).to(device=self.s.device, dtype=self.s.dtype))
+            self.step_scales(scale * ctx.losses.to(device=device, dtype=torch.float64) - 1.0)
         return lam

@@ -7,14 +7,14 @@ from typing import List, Optional
 
 import torch
 
-from ..gradients import losses_tensor
 from .base import GramMethod
 from .common import check_num_tasks, check_positive
+from .loss_scales import LearnableLossScales
 from .registry import register_method
 
 
 @register_method
-class UW(GramMethod):
+class UW(LearnableLossScales, GramMethod):
     """Uncertainty weighting (Kendall, Gal, Cipolla, CVPR 2018). Loss-only, no Gram pass.
 
     Learned log-variances ``s_i = log σ_i²``; the loss ``Σ_i ½ e^{−s_i} ℓ_i + ½ s_i`` gives the task
@@ -46,44 +46,19 @@ class UW(GramMethod):
 
     def __init__(self, num_tasks: Optional[int] = None, init: float = 0.0, lr: Optional[float] = None,
                  device=None):
-        if num_tasks is not None and (isinstance(num_tasks, bool) or not isinstance(num_tasks, int)
-                                      or num_tasks < 1):
-            raise ValueError(f"num_tasks must be None or an int ≥ 1, got {num_tasks!r}")
-        self.init = float(init)
-        if self.init != self.init or abs(self.init) == float("inf"):
-            raise ValueError(f"init must be finite, got {init}")
-        self.lr = None if lr is None else check_positive("lr", lr, allow_zero=False)
-        self.s: Optional[torch.nn.Parameter] = None
-        if num_tasks is not None:
-            self._make(num_tasks, device)
+        self.init_scales(num_tasks, init, lr, device)
 
-    def _make(self, K: int, device) -> None:
-        self.s = torch.nn.Parameter(torch.full((K,), self.init, dtype=torch.float64, device=device))
-
-    def parameters(self) -> List[torch.nn.Parameter]:
-        """``[s]`` for the optimizer (empty before ``s`` exists)."""
-        return [] if self.s is None else [self.s]
-
-    def loss_term(self, losses) -> torch.Tensor:
-        """``Σ ½ e^{−s_i} ℓ_i.detach() + ½ s_i``: back-propagate it to train ``s``."""
-        if self.s is None:
-            raise RuntimeError("UW.s does not exist yet: pass num_tasks= or call combine() first")
-        l = losses_tensor(losses, self.s.shape[0], self.s.device).to(self.s.dtype)
-        return (0.5 * torch.exp(-self.s) * l + 0.5 * self.s).sum()
+    def scale_objective(self, s: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+        """``Σ ½ e^{−s_i} ℓ_i.detach() + ½ s_i``: back-propagate :meth:`loss_term` to train ``s``."""
+        return (0.5 * torch.exp(-s) * losses + 0.5 * s).sum()
 
     def weights(self, G, ctx):
-        K, device = ctx.num_tasks, ctx.device
-        if self.s is None:
-            self._make(K, device)
-        check_num_tasks("UW", self.s.shape[0], K)
-        s = self.s.detach().to(device=device, dtype=torch.float64)
-        lam = 0.5 * torch.exp(-s)
+        device = ctx.device
+        lam = 0.5 * torch.exp(-self.scales_for(ctx.num_tasks, device))
         if self.lr is not None:
             if ctx.losses is None:
                 raise ValueError("uw with lr= updates s from the task losses: combine(..., losses=...)")
-            grad = 0.5 - lam * ctx.losses.to(device=device, dtype=torch.float64)
-            with torch.no_grad():
-                self.s.sub_((self.lr * grad).to(device=self.s.device, dtype=self.s.dtype))
+            self.step_scales(0.5 - lam * ctx.losses.to(device=device, dtype=torch.float64))
         return lam
 
 
