@@ -54,6 +54,7 @@ class ConFIG(GramMethod):
         rcond = self.rcond
         if rcond is None:
             rcond = 1e-10 if G.dtype == torch.float64 else 1e-5
+        noise = 64 * torch.finfo(G.dtype).eps  # rounding of C = normalised G, in its own dtype
         G = symmetric64(G)
         K = G.shape[0]
         if self.pref is None:
@@ -72,7 +73,13 @@ class ConFIG(GramMethod):
         cut = rcond * evals[-1].clamp_min(0.0)
         keep = evals > cut
         inv = torch.where(keep, 1.0 / torch.where(keep, evals, 1.0), 0.0)
-        c = V @ (inv * (V.T @ w))
+        # The preference orthogonal to the kept eigenvectors up to rounding (e.g. tasks exactly
+        # opposed along one direction, 1 ⟂ the sign pattern): no conflict-free direction exists and
+        # the exact c is 0. Rounding-level components must not survive: λ below is invariant to the
+        # scale of c and would turn them into an O(1) direction whose sign is chance.
+        proj = V.T @ w
+        proj = torch.where(proj.abs() > noise * w.abs().sum(), proj, 0.0)
+        c = V @ (inv * proj)
         c = torch.where(live, c / n, 0.0)
         Gc = G @ c
         q = c @ Gc
