@@ -151,7 +151,12 @@ def canonicalize(grads: Any) -> TaskGradients:
         return TaskGradients("vectors", entries, (first.shape,), first.device, first.dtype,
                              numels=(first.numel(),))
 
-    # Per-parameter layout.
+    # Per-parameter layout: validated in bulk first (the common case, a few hundred parameters per
+    # task, costs a fraction of the per-tensor checks below); any failure reruns the detailed
+    # validation, which words the error.
+    fast = _params_fast(grads)
+    if fast is not None:
+        return fast
     rows = []
     P = None
     for k, row in enumerate(grads):
@@ -195,6 +200,40 @@ def canonicalize(grads: Any) -> TaskGradients:
         shapes[p] = None  # no task touches it; its combined gradient is None
     numels = tuple(0 if s is None else int(torch.Size(s).numel()) for s in shapes)
     return TaskGradients("params", tuple(rows), tuple(shapes), ref.device, ref.dtype, numels=numels)
+
+
+def _params_fast(grads: Sequence) -> Optional[TaskGradients]:
+    """The per-parameter layout validated in bulk, or ``None`` when anything needs the detailed
+    validation of :func:`canonicalize` (which then raises, or accepts an unusual but valid input)."""
+    try:
+        rows = [tuple(row) for row in grads]
+    except TypeError:
+        return None
+    P = len(rows[0])
+    if P == 0 or any(len(row) != P or isinstance(row, (str, bytes)) for row in rows):
+        return None
+    if any(isinstance(row, torch.Tensor) for row in grads):
+        return None
+    present = [t for row in rows for t in row if t is not None]
+    if not present or not all(type(t) is torch.Tensor or isinstance(t, torch.nn.Parameter) for t in present):
+        return None
+    ref = present[0]
+    dtype, device = ref.dtype, ref.device
+    if dtype not in SUPPORTED_DTYPES or any(t.dtype != dtype or t.device != device or t.requires_grad
+                                            or t.layout != torch.strided for t in present):
+        return None
+    shapes = list(rows[0])
+    shapes = [None if t is None else t.shape for t in shapes]
+    for row in rows[1:]:
+        for p, t in enumerate(row):
+            if t is None:
+                continue
+            if shapes[p] is None:
+                shapes[p] = t.shape
+            elif t.shape != shapes[p]:
+                return None
+    numels = tuple(0 if s is None else s.numel() for s in shapes)
+    return TaskGradients("params", tuple(rows), tuple(shapes), device, dtype, numels=numels)
 
 
 def _check_same(t: torch.Tensor, ref: torch.Tensor, where: str, ref_where: str) -> None:
