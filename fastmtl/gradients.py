@@ -126,7 +126,7 @@ def canonicalize(grads: Any) -> TaskGradients:
         _check_tensor(grads, "grads")
         if grads.shape[0] == 0:
             raise ValueError("grads has K = 0 tasks; at least one task gradient is needed")
-        rows = tuple((grads[k],) for k in range(grads.shape[0]))
+        rows = tuple((row,) for row in grads.unbind(0))  # views, one call
         return TaskGradients("matrix", rows, (torch.Size([grads.shape[1]]),), grads.device, grads.dtype,
                              matrix=grads, numels=(grads.shape[1],))
 

@@ -18,13 +18,12 @@ from __future__ import annotations
 import functools
 import warnings
 from dataclasses import dataclass
-from typing import Any, ClassVar, List, Optional, Sequence
+from typing import Any, ClassVar, List, NamedTuple, Optional, Sequence
 
 import torch
 
 
-@dataclass(frozen=True)
-class Context:
+class Context(NamedTuple):
     """What one call gives a method besides ``G`` (or the engine).
 
     Attributes:
@@ -47,6 +46,7 @@ class Context:
     reference_dots: Optional[torch.Tensor] = None
     reference: Optional[tuple] = None
     process_group: Any = None
+    # A NamedTuple, not a frozen dataclass: built on every call, it must cost next to nothing.
 
 
 @dataclass

@@ -104,6 +104,7 @@ class Backend:
 
 
 _BACKENDS: Dict[str, Backend] = {}
+_BY_PRIORITY: List[Backend] = []  # _BACKENDS' values, best first (kept in step by register_backend)
 _CONTEXT_STACK: List[str] = []
 _ENV_CHOICE: List[Optional[str]] = []
 # (solver, device type, dtype, K, request, deterministic-only) -> implementation.
@@ -112,6 +113,7 @@ _SOLVER_CHOICE: Dict[tuple, Callable] = {}
 
 def register_backend(backend: Backend) -> Backend:
     _BACKENDS[backend.name] = backend
+    _BY_PRIORITY[:] = sorted(_BACKENDS.values(), key=lambda b: -b.priority)
     _SOLVER_CHOICE.clear()
     return backend
 
@@ -129,7 +131,8 @@ def get_backend(name: str) -> Backend:
 
 
 def backends() -> List[Backend]:
-    return sorted(_BACKENDS.values(), key=lambda b: -b.priority)
+    """Every registered backend, best (highest priority) first."""
+    return list(_BY_PRIORITY)
 
 
 def available_backends() -> List[str]:
@@ -186,7 +189,7 @@ def select(primitive: str, tg: Operand, explicit: Optional[str] = None, *, fallb
             raise RuntimeError(f"backend {name!r} (from the {source}) cannot run {primitive} on these inputs: "
                                f"{', '.join(reasons)}. Every backend: {report}")
     deterministic_only = torch.are_deterministic_algorithms_enabled()
-    for backend in backends():
+    for backend in _BY_PRIORITY:
         if deterministic_only and not backend.deterministic:
             continue
         auto_devices = backend.automatic_devices if backend.automatic_devices is not None else backend.devices
