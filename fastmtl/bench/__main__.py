@@ -47,7 +47,8 @@ def cmd_speed(args) -> None:
     if getattr(args, "preset", None) == "latency":
         from . import latency
         latency.main(methods=args.methods.split(",") if args.methods else None,
-                     header=f"# combine latency on {_device_name('cpu')} (torch {torch.__version__}), "
+                     header=f"# combine latency on {platform.processor() or platform.machine()} CPU, 1 thread "
+                            f"(torch {torch.__version__}), "
                             f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
         return
     if getattr(args, "preset", None) in speed.PRESETS:
