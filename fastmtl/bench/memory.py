@@ -31,52 +31,16 @@ import statistics
 import subprocess
 import sys
 import warnings
-import weakref
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import nn
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
-
+from .alloc_probe import AllocationProbe
 from .timing import median_time
 
 MODES = ("materialize", "hooks", "representation", "torchjd-autogram", "libmtl-rep_grad")
 LAMBDA_METHODS = ("mgda", "upgrad", "cagrad", "pcgrad")
-
-
-class AllocationProbe(TorchDispatchMode):
-    """Live and peak bytes of the storages created by the ATen ops run under this mode."""
-
-    def __init__(self):
-        super().__init__()
-        self.live = 0
-        self.peak = 0
-        self._tracked = set()
-
-    def _free(self, key, nbytes):
-        self._tracked.discard(key)
-        self.live -= nbytes
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        inputs = {t.untyped_storage().data_ptr() for t in tree_flatten((args, kwargs))[0]
-                  if isinstance(t, torch.Tensor) and t.device.type != "meta"}
-        out = func(*args, **kwargs)
-        for t in tree_flatten(out)[0]:
-            if not isinstance(t, torch.Tensor) or t.device.type == "meta":
-                continue
-            storage = t.untyped_storage()
-            key = id(storage)
-            if storage.data_ptr() in inputs or key in self._tracked:
-                continue
-            nbytes = storage.nbytes()
-            self._tracked.add(key)
-            weakref.finalize(storage, self._free, key, nbytes)
-            self.live += nbytes
-            self.peak = max(self.peak, self.live)
-        return out
 
 
 @dataclass
