@@ -44,7 +44,7 @@ def test_explicit_request_that_cannot_run_lists_every_backend():
         _, info = fastmtl.combine(torch.randn(2, 3), method="mean", return_info=True)
         assert info.backend != "gpu_only_test"
     finally:
-        registry._BACKENDS.pop("gpu_only_test")
+        registry.unregister_backend("gpu_only_test")
 
 
 def test_deterministic_mode_skips_nondeterministic_backends():
@@ -58,7 +58,7 @@ def test_deterministic_mode_skips_nondeterministic_backends():
         assert info.backend != "nondet_test"
     finally:
         torch.use_deterministic_algorithms(False)
-        registry._BACKENDS.pop("nondet_test")
+        registry.unregister_backend("nondet_test")
 
 
 def test_environment_variable_is_honoured():

@@ -573,4 +573,4 @@ def test_deterministic_mode_end_to_end():
         for (d1, i1), (d2, i2) in (results[:2], results[2:]):
             assert torch.equal(d1, d2) and torch.equal(i1.weights, i2.weights)
     finally:
-        registry._BACKENDS.pop("nondet_e2e_test")
+        registry.unregister_backend("nondet_e2e_test")

@@ -118,6 +118,14 @@ def register_backend(backend: Backend) -> Backend:
     return backend
 
 
+def unregister_backend(name: str) -> Backend:
+    """Remove the backend ``name`` (e.g. one registered for a test); returns it."""
+    backend = _BACKENDS.pop(name)
+    _BY_PRIORITY[:] = sorted(_BACKENDS.values(), key=lambda b: -b.priority)
+    _SOLVER_CHOICE.clear()
+    return backend
+
+
 def register_implementation(backend_name: str, primitive: str, fn: Callable) -> None:
     _BACKENDS[backend_name].implementations[primitive] = fn
     _SOLVER_CHOICE.clear()
