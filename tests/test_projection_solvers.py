@@ -212,8 +212,13 @@ def test_bad_input_raises_clear_errors():
         ops.solver_gradvac(G, torch.zeros(2, 2, dtype=torch.float64), orders, 0.5, 1e-8)
     with pytest.raises(RuntimeError, match="1 <= K <= 64"):
         ops.solver_pcgrad(torch.eye(65, dtype=torch.float64), orders_for(65), 1e-8)
-    with pytest.raises(ValueError, match=r"orders must be \[K, K - 1\]"):
-        ref.project_conflicts(G, orders[:2])
+    for fn in (ref.project_conflicts, solvers.project_conflicts):  # the reference and the public function
+        with pytest.raises(ValueError, match=r"orders must be \[K, K - 1\]"):
+            fn(G, orders[:2])
+        with pytest.raises(TypeError, match="integer"):
+            fn(G, orders.float())
+    with pytest.raises(ValueError, match="G must be"):
+        solvers.vaccine(torch.zeros(3, 4, dtype=torch.float64), torch.zeros(3, 3), orders)
     with pytest.raises(TypeError, match="integer"):
         ref.vaccine(G, torch.zeros(3, 3, dtype=torch.float64), orders.float())
     # The public functions hand K > 64 to the reference instead of failing.

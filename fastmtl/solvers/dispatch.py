@@ -103,11 +103,13 @@ def symmetric_eigh(G: Tensor, *, sweeps: Optional[int] = None) -> tuple[Tensor, 
 
 
 def project_conflicts(G: Tensor, orders: Tensor, *, eps: float = 1e-8) -> Tensor:
+    _projection_ref.check_inputs(G, orders, "project_conflicts")  # ValueError / TypeError on either path
     return solver_implementation("project_conflicts", G)(G, orders, eps)
 
 
 def vaccine(G: Tensor, targets: Tensor, orders: Tensor, *, beta: float = 0.5, eps: float = 1e-8
             ) -> tuple[Tensor, Tensor]:
+    _projection_ref.check_inputs(G, orders, "vaccine")
     return solver_implementation("vaccine", G)(G, targets, orders, beta, eps)
 
 

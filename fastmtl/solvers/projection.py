@@ -20,7 +20,8 @@ from torch import Tensor
 from .interior_point import symmetric64
 
 
-def _check(G: Tensor, orders: Tensor, name: str) -> int:
+def check_inputs(G: Tensor, orders: Tensor, name: str) -> int:
+    """K of ``G`` ``[..., K, K]``, after checking that ``orders`` is an integer ``[K, K − 1]`` tensor."""
     if G.dim() < 2 or G.shape[-1] != G.shape[-2]:
         raise ValueError(f"{name}: G must be [..., K, K], got shape {tuple(G.shape)}")
     K = G.shape[-1]
@@ -38,7 +39,7 @@ def project_conflicts(G: Tensor, orders: Tensor, eps: float = 1e-8) -> Tensor:
     ``s = ⟨p_i, g_j⟩ = (C G)_ij`` and, where ``s < 0`` and ``g_j`` is not zero, subtracts
     ``s/(G_jj + eps)`` from ``C_ij`` (projection onto the normal plane of the original ``g_j``).
     """
-    K = _check(G, orders, "project_conflicts")
+    K = check_inputs(G, orders, "project_conflicts")
     G = symmetric64(G)
     orders = orders.to(device=G.device, dtype=torch.long)
     rows = torch.arange(K, device=G.device)
@@ -62,7 +63,7 @@ def vaccine(G: Tensor, targets: Tensor, orders: Tensor, beta: float = 0.5, eps: 
     ``g_j`` is not zero, adds ``‖p_i‖ (φ̂_ij √(1−φ²) − φ √(1−φ̂_ij²)) / (‖g_j‖ √(1−φ̂_ij²) + eps)``
     to ``C_ij``; then always ``φ̂_ij ← (1−β) φ̂_ij + β φ``. ``λ = Σ_i C_i`` (column sums).
     """
-    K = _check(G, orders, "vaccine")
+    K = check_inputs(G, orders, "vaccine")
     if targets.shape[-2:] != (K, K):
         raise ValueError(f"vaccine: targets must be [K, K] or [..., K, K] with K = {K}, got {tuple(targets.shape)}")
     shape = torch.broadcast_shapes(G.shape[:-2], targets.shape[:-2]) + (K, K)
