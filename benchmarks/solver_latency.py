@@ -8,7 +8,9 @@ of K conflicting task gradients (what the methods hand it), Python call overhead
 UPGrad = ``project_dual_cone(G, I)`` (its K QPs together), DualProj = ``project_dual_cone(G, p)``,
 MGDA = ``min_norm_simplex(G)``, CAGrad = ``cagrad_simplex_weights(G, 0.5)``, Nash-MTL =
 ``nash_weights(G)``, eigh = ``symmetric_eigh(G)`` (reference: the Jacobi solver in PyTorch; LAPACK's
-``torch.linalg.eigh`` is shown for scale). "method µs" is the whole ``method.weights(G)`` call with
+``torch.linalg.eigh`` is shown for scale), PCGrad = ``project_conflicts(G, orders)``, GradVac =
+``vaccine(G, 0, orders)`` (one fixed random order per K; the methods draw theirs per call, which
+"method µs" includes). "method µs" is the whole ``method.weights(G)`` call with
 the compiled solver (the method's own tensor ops included).
 
 Contenders alternate within every round (so load on a shared machine hits them alike); each entry
@@ -31,10 +33,11 @@ import torch
 import fastmtl
 from fastmtl import solvers
 from fastmtl.methods import make_method
+from fastmtl.methods.ordering import random_task_orders
 
-SOLVERS = ("upgrad", "dualproj", "mgda", "cagrad", "nash_mtl", "eigh")
+SOLVERS = ("upgrad", "dualproj", "mgda", "cagrad", "nash_mtl", "eigh", "pcgrad", "gradvac")
 METHOD_OF = {"upgrad": "upgrad", "dualproj": "dualproj", "mgda": "mgda", "cagrad": "cagrad", "nash_mtl": "nash_mtl",
-             "eigh": "imtl_g"}
+             "eigh": "imtl_g", "pcgrad": "pcgrad", "gradvac": "gradvac"}
 
 
 def gram(K: int) -> torch.Tensor:
@@ -49,6 +52,8 @@ def solve_fn(name: str, G: torch.Tensor) -> Callable:
     K = G.shape[-1]
     eye = torch.eye(K, dtype=torch.float64)
     p = torch.full((1, K), 1.0 / K, dtype=torch.float64)
+    orders = random_task_orders(K, generator=torch.Generator().manual_seed(0))
+    targets = torch.zeros(K, K, dtype=torch.float64)
     return {
         "upgrad": lambda: solvers.project_dual_cone(G, eye),
         "dualproj": lambda: solvers.project_dual_cone(G, p),
@@ -56,6 +61,8 @@ def solve_fn(name: str, G: torch.Tensor) -> Callable:
         "cagrad": lambda: solvers.cagrad_simplex_weights(G, 0.5),
         "nash_mtl": lambda: solvers.nash_weights(G),
         "eigh": lambda: solvers.symmetric_eigh(G),
+        "pcgrad": lambda: solvers.project_conflicts(G, orders),
+        "gradvac": lambda: solvers.vaccine(G, targets, orders),
     }[name]
 
 

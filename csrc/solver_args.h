@@ -75,6 +75,20 @@ inline at::Tensor per_solve(const at::Tensor& x, const Gram& g, int64_t rows, co
   return x.to(device, at::kDouble).contiguous();
 }
 
+// PCGrad's / GradVac's task orders: an integer [K, K - 1] tensor (shared by every solve of the
+// batch), as int64 on `device`. The index range is checked by the kernels (NaN), and on the host here.
+inline at::Tensor check_orders(const at::Tensor& orders, int K, const char* op, const c10::Device& device) {
+  TORCH_CHECK(orders.defined() && orders.dim() == 2 && orders.size(0) == K && orders.size(1) == K - 1, op,
+              ": orders must be [K, K - 1] = [", K, ", ", K - 1, "] (one row of task indices per task), got ",
+              orders.sizes());
+  TORCH_CHECK(!at::isFloatingType(orders.scalar_type()) && !at::isComplexType(orders.scalar_type()) &&
+                  orders.scalar_type() != at::kBool,
+              op, ": orders must be an integer tensor, got ", orders.scalar_type());
+  TORCH_CHECK(orders.device() == device, op, ": orders must be on G's device (", device, "), got ",
+              orders.device());
+  return orders.to(at::kLong).contiguous();
+}
+
 // CAGrad's barrier schedule: τ falls from 1/K to 1e-12 by the factor theta per iteration.
 inline double cagrad_theta(int K, int64_t iterations) {
   const double tau0 = 1.0 / double(K), tau_end = 1e-12;

@@ -64,6 +64,25 @@ __global__ void __launch_bounds__(kJacobiMaxThreads) jacobi_kernel(const Tin* G,
                block_workspace(scratch, per_block));
 }
 
+template <class Tin>
+__global__ void __launch_bounds__(kProjectionMaxThreads) pcgrad_kernel(const Tin* G, const int64_t* orders, int K,
+                                                                        double eps, double* C, double* scratch,
+                                                                        int64_t per_block) {
+  const int64_t b = blockIdx.x;
+  pcgrad_solve(device_ctx(), G + b * K * K, orders, K, eps, C + b * K * K, block_workspace(scratch, per_block));
+}
+
+template <class Tin>
+__global__ void __launch_bounds__(kProjectionMaxThreads) gradvac_kernel(const Tin* G, const double* targets,
+                                                                         bool targets_shared, const int64_t* orders,
+                                                                         int K, double beta, double eps, double* lam,
+                                                                         double* targets_out, double* scratch,
+                                                                         int64_t per_block) {
+  const int64_t b = blockIdx.x;
+  gradvac_solve(device_ctx(), G + b * K * K, targets + (targets_shared ? 0 : b * K * K), orders, K, beta, eps,
+                lam + b * K, targets_out + b * K * K, block_workspace(scratch, per_block));
+}
+
 dim3 grid_of(int64_t batch) { return dim3(unsigned(batch)); }
 
 }  // namespace
@@ -132,6 +151,35 @@ cudaError_t jacobi_launch(const LaunchPlan& p, const void* G, bool g_double, int
   } else {
     jacobi_kernel<float><<<grid_of(batch), p.threads, p.shared_bytes, stream>>>(
         static_cast<const float*>(G), K, sweeps, evals, evecs, scratch, p.scratch_doubles);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t pcgrad_launch(const LaunchPlan& p, const void* G, bool g_double, const int64_t* orders, int64_t batch,
+                          int K, double eps, double* C, double* scratch, cudaStream_t stream) {
+  if (batch == 0) return cudaSuccess;
+  if (g_double) {
+    pcgrad_kernel<double><<<grid_of(batch), p.threads, p.shared_bytes, stream>>>(
+        static_cast<const double*>(G), orders, K, eps, C, scratch, p.scratch_doubles);
+  } else {
+    pcgrad_kernel<float><<<grid_of(batch), p.threads, p.shared_bytes, stream>>>(
+        static_cast<const float*>(G), orders, K, eps, C, scratch, p.scratch_doubles);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t gradvac_launch(const LaunchPlan& p, const void* G, bool g_double, const double* targets,
+                           bool targets_shared, const int64_t* orders, int64_t batch, int K, double beta, double eps,
+                           double* lam, double* targets_out, double* scratch, cudaStream_t stream) {
+  if (batch == 0) return cudaSuccess;
+  if (g_double) {
+    gradvac_kernel<double><<<grid_of(batch), p.threads, p.shared_bytes, stream>>>(
+        static_cast<const double*>(G), targets, targets_shared, orders, K, beta, eps, lam, targets_out, scratch,
+        p.scratch_doubles);
+  } else {
+    gradvac_kernel<float><<<grid_of(batch), p.threads, p.shared_bytes, stream>>>(
+        static_cast<const float*>(G), targets, targets_shared, orders, K, beta, eps, lam, targets_out, scratch,
+        p.scratch_doubles);
   }
   return cudaGetLastError();
 }

@@ -11,6 +11,10 @@
 //   solver_cagrad(Tensor G, float c, int iterations) -> (Tensor, Tensor)             (w, λ) [..., K]
 //   solver_nash(Tensor G, Tensor? init, int iterations) -> Tensor                     α [..., K]
 //   solver_eigh(Tensor G, int sweeps) -> (Tensor, Tensor)           (evals [..., K], evecs [..., K, K])
+//   solver_pcgrad(Tensor G, Tensor orders, float eps) -> Tensor                       C [..., K, K]
+//   solver_gradvac(Tensor G, Tensor targets, Tensor orders, float beta, float eps) -> (Tensor, Tensor)
+//       targets [K, K] (shared) or [..., K, K]                       (λ [..., K], new targets [..., K, K])
+//       orders: integer [K, K - 1] on G's device, shared by the batch (the tasks row i visits, in order)
 //
 // Algorithms, iteration counts and safeguards are those of the reference solvers in
 // fastmtl/solvers/ (see csrc/solvers/*.h). A G with a non-finite entry gives NaN results (every
@@ -34,6 +38,7 @@
 #include "solvers/jacobi.h"
 #include "solvers/min_norm.h"
 #include "solvers/nash.h"
+#include "solvers/projection_rounds.h"
 
 namespace {
 
@@ -214,6 +219,57 @@ std::tuple<at::Tensor, at::Tensor> eigh_cpu(const at::Tensor& G, int64_t sweeps)
   return {evals, evecs};
 }
 
+// The host reads the orders anyway: an index outside [0, K) is an error here (NaN on the device).
+at::Tensor host_orders(const at::Tensor& orders, const Gram& g, const char* op) {
+  at::Tensor o = sa::check_orders(orders, g.K, op, g.data.device());
+  const int64_t* p = o.data_ptr<int64_t>();
+  for (int64_t n = 0; n < o.numel(); ++n) {
+    TORCH_CHECK(p[n] >= 0 && p[n] < g.K, op, ": orders must hold task indices in [0, ", g.K, "), got ", p[n]);
+  }
+  return o;
+}
+
+at::Tensor pcgrad_cpu(const at::Tensor& G, const at::Tensor& orders, double eps) {
+  const char* op = "fastmtl::solver_pcgrad";
+  check_cpu(G, op);
+  const Gram g = sa::check_gram(G, op);
+  const at::Tensor o = host_orders(orders, g, op);
+  at::Tensor C = at::empty(sa::shape_with(g.batch_shape, {g.K, g.K}), G.options().dtype(at::kDouble));
+  double* cp = C.data_ptr<double>();
+  const int64_t* op_ = o.data_ptr<int64_t>();
+  const int K = g.K;
+  with_gram_type(g, [&](const auto* Gp) {
+    for_each_solve(g.batch, sv::PcgradLayout{K}.doubles(), [&](int64_t b, double* ws) {
+      sv::pcgrad_solve(sv::host_ctx(), Gp + b * K * K, op_, K, eps, cp + b * K * K, ws);
+    });
+  });
+  return C;
+}
+
+std::tuple<at::Tensor, at::Tensor> gradvac_cpu(const at::Tensor& G, const at::Tensor& targets,
+                                               const at::Tensor& orders, double beta, double eps) {
+  const char* op = "fastmtl::solver_gradvac";
+  check_cpu(G, op);
+  const Gram g = sa::check_gram(G, op);
+  const at::Tensor o = host_orders(orders, g, op);
+  bool shared = true;
+  const at::Tensor phi = sa::per_solve(targets, g, g.K, op, "targets", G.device(), &shared);
+  at::Tensor lam = at::empty(sa::shape_with(g.batch_shape, {g.K}), G.options().dtype(at::kDouble));
+  at::Tensor out = at::empty(sa::shape_with(g.batch_shape, {g.K, g.K}), G.options().dtype(at::kDouble));
+  double* lp = lam.data_ptr<double>();
+  double* pp = out.data_ptr<double>();
+  const double* ip = phi.data_ptr<double>();
+  const int64_t* op_ = o.data_ptr<int64_t>();
+  const int K = g.K;
+  with_gram_type(g, [&](const auto* Gp) {
+    for_each_solve(g.batch, sv::GradvacLayout{K}.doubles(), [&](int64_t b, double* ws) {
+      sv::gradvac_solve(sv::host_ctx(), Gp + b * K * K, ip + (shared ? 0 : b * K * K), op_, K, beta, eps, lp + b * K,
+                        pp + b * K * K, ws);
+    });
+  });
+  return {lam, out};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(fastmtl, m) {
@@ -224,6 +280,9 @@ TORCH_LIBRARY_FRAGMENT(fastmtl, m) {
   m.def("solver_cagrad(Tensor G, float c, int iterations) -> (Tensor, Tensor)", {at::Tag::pt2_compliant_tag});
   m.def("solver_nash(Tensor G, Tensor? init, int iterations) -> Tensor", {at::Tag::pt2_compliant_tag});
   m.def("solver_eigh(Tensor G, int sweeps) -> (Tensor, Tensor)", {at::Tag::pt2_compliant_tag});
+  m.def("solver_pcgrad(Tensor G, Tensor orders, float eps) -> Tensor", {at::Tag::pt2_compliant_tag});
+  m.def("solver_gradvac(Tensor G, Tensor targets, Tensor orders, float beta, float eps) -> (Tensor, Tensor)",
+        {at::Tag::pt2_compliant_tag});
 }
 
 TORCH_LIBRARY_IMPL(fastmtl, CPU, m) {
@@ -232,4 +291,6 @@ TORCH_LIBRARY_IMPL(fastmtl, CPU, m) {
   m.impl("solver_cagrad", &cagrad_cpu);
   m.impl("solver_nash", &nash_cpu);
   m.impl("solver_eigh", &eigh_cpu);
+  m.impl("solver_pcgrad", &pcgrad_cpu);
+  m.impl("solver_gradvac", &gradvac_cpu);
 }

@@ -122,6 +122,41 @@ std::tuple<at::Tensor, at::Tensor> eigh_cuda(const at::Tensor& G, int64_t sweeps
   return {evals, evecs};
 }
 
+at::Tensor pcgrad_cuda(const at::Tensor& G, const at::Tensor& orders, double eps) {
+  const char* op = "fastmtl::solver_pcgrad";
+  const Gram g = check_cuda_gram(G, op);
+  const c10::cuda::CUDAGuard guard(G.device());
+  const at::Tensor o = sa::check_orders(orders, g.K, op, G.device());
+  at::Tensor C = at::empty(sa::shape_with(g.batch_shape, {g.K, g.K}), G.options().dtype(at::kDouble));
+  const sv::LaunchPlan plan = sv::pcgrad_plan(g.K);
+  at::Tensor scratch;
+  double* sp = scratch_for(plan, g.batch, G, &scratch);
+  check_launch(sv::pcgrad_launch(plan, g.data.data_ptr(), g.is_double, o.data_ptr<int64_t>(), g.batch, g.K, eps,
+                                 C.data_ptr<double>(), sp, stream_of(G)),
+               op);
+  return C;
+}
+
+std::tuple<at::Tensor, at::Tensor> gradvac_cuda(const at::Tensor& G, const at::Tensor& targets,
+                                                const at::Tensor& orders, double beta, double eps) {
+  const char* op = "fastmtl::solver_gradvac";
+  const Gram g = check_cuda_gram(G, op);
+  const c10::cuda::CUDAGuard guard(G.device());
+  const at::Tensor o = sa::check_orders(orders, g.K, op, G.device());
+  bool shared = true;
+  const at::Tensor phi = sa::per_solve(targets, g, g.K, op, "targets", G.device(), &shared);
+  at::Tensor lam = at::empty(sa::shape_with(g.batch_shape, {g.K}), G.options().dtype(at::kDouble));
+  at::Tensor out = at::empty(sa::shape_with(g.batch_shape, {g.K, g.K}), G.options().dtype(at::kDouble));
+  const sv::LaunchPlan plan = sv::gradvac_plan(g.K);
+  at::Tensor scratch;
+  double* sp = scratch_for(plan, g.batch, G, &scratch);
+  check_launch(sv::gradvac_launch(plan, g.data.data_ptr(), g.is_double, phi.data_ptr<double>(), shared,
+                                  o.data_ptr<int64_t>(), g.batch, g.K, beta, eps, lam.data_ptr<double>(),
+                                  out.data_ptr<double>(), sp, stream_of(G)),
+               op);
+  return {lam, out};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(fastmtl, CUDA, m) {
@@ -130,4 +165,6 @@ TORCH_LIBRARY_IMPL(fastmtl, CUDA, m) {
   m.impl("solver_cagrad", &cagrad_cuda);
   m.impl("solver_nash", &nash_cuda);
   m.impl("solver_eigh", &eigh_cuda);
+  m.impl("solver_pcgrad", &pcgrad_cuda);
+  m.impl("solver_gradvac", &gradvac_cuda);
 }

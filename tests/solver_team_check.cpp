@@ -22,6 +22,7 @@
 #include "solvers/jacobi.h"
 #include "solvers/min_norm.h"
 #include "solvers/nash.h"
+#include "solvers/projection_rounds.h"
 
 namespace sv = fastmtl::solvers;
 
@@ -188,7 +189,31 @@ int main(int argc, char** argv) {
         compare("eigh values", K, family, hv, ev);
         compare("eigh vectors", K, family, hV, eV);
       }
-      solves += 7;
+      // PCGrad and GradVac: orders i+1, i+2, ... (mod K), and nonzero GradVac targets
+      {
+        std::vector<int64_t> orders(size_t(K) * (K - 1 > 0 ? K - 1 : 0));
+        for (int i = 0; i < K; ++i)
+          for (int r = 0; r < K - 1; ++r) orders[i * (K - 1) + r] = (i + r + 1) % K;
+        std::vector<double> h(size_t(K) * K), e(size_t(K) * K);
+        std::vector<double> ws(sv::PcgradLayout{K}.doubles()), wt(sv::PcgradLayout{K}.doubles());
+        sv::pcgrad_solve(sv::host_ctx(), G.data(), orders.data(), K, 1e-8, h.data(), ws.data());
+        run_block(threads, sub, [&](const EmuCtx& c) {
+          sv::pcgrad_solve(c, G.data(), orders.data(), K, 1e-8, e.data(), wt.data());
+        });
+        compare("pcgrad", K, family, h, e);
+        std::vector<double> phi(size_t(K) * K);
+        for (int i = 0; i < K * K; ++i) phi[i] = 0.1 * double((i * 7) % 11) - 0.4;
+        std::vector<double> hl(K), el(K), hp(size_t(K) * K), ep(size_t(K) * K);
+        std::vector<double> gs(sv::GradvacLayout{K}.doubles()), gt(sv::GradvacLayout{K}.doubles());
+        sv::gradvac_solve(sv::host_ctx(), G.data(), phi.data(), orders.data(), K, 0.5, 1e-8, hl.data(), hp.data(),
+                          gs.data());
+        run_block(threads, sub, [&](const EmuCtx& c) {
+          sv::gradvac_solve(c, G.data(), phi.data(), orders.data(), K, 0.5, 1e-8, el.data(), ep.data(), gt.data());
+        });
+        compare("gradvac lambda", K, family, hl, el);
+        compare("gradvac targets", K, family, hp, ep);
+      }
+      solves += 9;
     }
   }
   if (mismatches) {

@@ -372,6 +372,7 @@ def test_public_solvers_trace_with_fullgraph():
     J = make_jacobian("conflict", 4, 30, seed=7)
     G = J @ J.T
     eye = torch.eye(4, dtype=torch.float64)
+    orders = torch.tensor([[1, 2, 3], [3, 0, 2], [0, 3, 1], [2, 1, 0]])
 
     def step(G):
         w = solvers.min_norm_simplex(G)
@@ -379,7 +380,9 @@ def test_public_solvers_trace_with_fullgraph():
         _, lam = solvers.cagrad_simplex_weights(G, 0.5)
         alpha = solvers.nash_weights(G)
         evals, evecs = solvers.symmetric_eigh(G)
-        return w, V, lam, alpha, evals, evecs
+        C = solvers.project_conflicts(G, orders)
+        lam_vac, targets = solvers.vaccine(G, 0.5 * eye, orders)
+        return w, V, lam, alpha, evals, evecs, C, lam_vac, targets
 
     counter = CompileCounterWithBackend("aot_eager")
     compiled_step = torch.compile(step, fullgraph=True, backend=counter)

@@ -11,6 +11,7 @@ import torch
 from fastmtl import solvers
 from fastmtl.solvers import compiled
 from fastmtl.solvers import nash as nash_ref
+from fastmtl.methods.ordering import random_task_orders
 
 from _families import make_jacobian
 from test_compiled_solvers import batch, check
@@ -54,9 +55,13 @@ def test_cuda_solves_do_not_synchronise_and_capture_in_a_graph():
     G = J @ J.T
     eye = torch.eye(K, dtype=torch.float64, device="cuda")
 
+    orders = random_task_orders(K, generator=torch.Generator().manual_seed(0), device="cuda")
+    targets = torch.full((K, K), 0.3, dtype=torch.float64, device="cuda")
+
     def solve(G):
         return (solvers.min_norm_simplex(G), solvers.project_dual_cone(G, eye), solvers.cagrad_simplex_weights(G, 0.5)[1],
-                solvers.nash_weights(G), solvers.symmetric_eigh(G)[0])
+                solvers.nash_weights(G), solvers.symmetric_eigh(G)[0], solvers.project_conflicts(G, orders),
+                *solvers.vaccine(G, targets, orders))
 
     eager = solve(G)
     torch.cuda.synchronize()
@@ -99,3 +104,30 @@ def test_cuda_scratch_path_and_batches():
     c = compiled.cagrad_simplex_weights(Gd, 0.5, 60)[1].cpu()
     check("cagrad K=64 cuda", cases[:4], c, compiled.cagrad_simplex_weights(G, 0.5, 60)[1], tol=1e-9)
     assert math.isfinite(float(c.sum()))
+
+
+@gpu
+@pytest.mark.parametrize("K", (1, 2, 5, 8, 33, 64))
+def test_cuda_projection_rounds_match_cpu(K):
+    # K = 64: the workspace is global scratch; K > 32: two warps of rows.
+    cases, G = batch(K)
+    orders = random_task_orders(K, generator=torch.Generator().manual_seed(1))
+    targets = torch.rand(len(cases), K, K, generator=torch.Generator().manual_seed(2), dtype=torch.float64) - 0.5
+    C = compiled.project_conflicts(G.cuda(), orders.cuda(), 1e-8).cpu()
+    C_h = compiled.project_conflicts(G, orders, 1e-8)
+    check("pcgrad cuda vs cpu", cases, C.sum(-2), C_h.sum(-2), tol=1e-9)
+    lam, phi = compiled.vaccine(G.cuda(), targets.cuda(), orders.cuda(), 0.5, 1e-8)
+    lam_h, phi_h = compiled.vaccine(G, targets, orders, 0.5, 1e-8)
+    check("gradvac cuda vs cpu", cases, lam.cpu(), lam_h, tol=1e-9)
+    torch.testing.assert_close(phi.cpu(), phi_h, rtol=0, atol=1e-9)
+    torch.testing.assert_close(compiled.project_conflicts(G.cuda().float(), orders.cuda(), 1e-8).cpu(),
+                               compiled.project_conflicts(G.float(), orders, 1e-8), rtol=1e-9, atol=1e-12)
+
+
+@gpu
+def test_cuda_projection_orders_out_of_range_give_nan():
+    G = torch.eye(3, dtype=torch.float64, device="cuda")
+    bad = torch.tensor([[1, 2], [0, 5], [0, 1]], device="cuda")
+    assert torch.isnan(compiled.project_conflicts(G, bad, 1e-8)).all()
+    lam, phi = compiled.vaccine(G, torch.zeros(3, 3, dtype=torch.float64, device="cuda"), bad, 0.5, 1e-8)
+    assert torch.isnan(lam).all() and torch.isnan(phi).all()

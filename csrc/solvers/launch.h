@@ -15,6 +15,7 @@
 #include "jacobi.h"
 #include "min_norm.h"
 #include "nash.h"
+#include "projection_rounds.h"
 
 namespace fastmtl {
 namespace solvers {
@@ -33,6 +34,7 @@ constexpr int kDualConeMaxThreads = 256;
 constexpr int kCagradMaxThreads = 256;
 constexpr int kNashMaxThreads = 32;
 constexpr int kJacobiMaxThreads = 256;
+constexpr int kProjectionMaxThreads = 64;  // one thread per row of C (K <= 64)
 
 inline LaunchPlan finish_plan(int threads, int64_t doubles) {
   LaunchPlan p;
@@ -66,6 +68,10 @@ inline LaunchPlan nash_plan(int K) { return finish_plan(kNashMaxThreads, NashLay
 
 inline LaunchPlan jacobi_plan(int K) { return finish_plan(K <= 16 ? 64 : kJacobiMaxThreads, JacobiLayout{K}.doubles()); }
 
+inline int projection_threads(int K) { return K <= 32 ? 32 : kProjectionMaxThreads; }
+inline LaunchPlan pcgrad_plan(int K) { return finish_plan(projection_threads(K), PcgradLayout{K}.doubles()); }
+inline LaunchPlan gradvac_plan(int K) { return finish_plan(projection_threads(K), GradvacLayout{K}.doubles()); }
+
 // G: batch x K x K, float32 (g_double = false) or float64; every other array float64, contiguous.
 cudaError_t min_norm_launch(const LaunchPlan& plan, const void* G, bool g_double, int64_t batch, int K, double eps_g,
                             int iterations, double* w, double* scratch, cudaStream_t stream);
@@ -80,6 +86,13 @@ cudaError_t nash_launch(const LaunchPlan& plan, const void* G, bool g_double, co
                         int64_t batch, int K, int iterations, double* alpha, double* scratch, cudaStream_t stream);
 cudaError_t jacobi_launch(const LaunchPlan& plan, const void* G, bool g_double, int64_t batch, int K, int sweeps,
                           double* evals, double* evecs, double* scratch, cudaStream_t stream);
+// orders: K x (K - 1) int64 (shared by the batch); C: batch x K x K.
+cudaError_t pcgrad_launch(const LaunchPlan& plan, const void* G, bool g_double, const int64_t* orders, int64_t batch,
+                          int K, double eps, double* C, double* scratch, cudaStream_t stream);
+// targets: (1 or batch) x K x K; lam: batch x K; targets_out: batch x K x K.
+cudaError_t gradvac_launch(const LaunchPlan& plan, const void* G, bool g_double, const double* targets,
+                           bool targets_shared, const int64_t* orders, int64_t batch, int K, double beta, double eps,
+                           double* lam, double* targets_out, double* scratch, cudaStream_t stream);
 
 }  // namespace solvers
 }  // namespace fastmtl

@@ -7,6 +7,7 @@ from __future__ import annotations
 import torch
 
 from ..collectives import all_reduce_sum
+from ..solvers import vaccine
 from . import sharded_state
 from .base import Direction, DirectionMethod, GramMethod
 from .common import check_choice, check_num_tasks, check_positive
@@ -28,7 +29,9 @@ class GradVac(GramMethod, DirectionMethod):
 
     Gram form (exact, as PCGrad): ``p_i = Σ_k C_ik g_k``, ``‖p_i‖² = C_i G C_iᵀ``,
     ``⟨p_i, g_j⟩ = (C G)_ij``; a correction adds ``w`` to ``C_ij``. Each ``φ̂_ij`` is touched
-    only by row ``i``, so the K rows of a round run as one batched step; ``λ = Σ_i C_i``.
+    only by row ``i``, so the K rows of a round run as one batched step; ``λ = Σ_i C_i``
+    (:func:`fastmtl.solvers.vaccine`: compiled in ``fastmtl._C`` where available, else the PyTorch
+    reference).
 
     State: the targets ``φ̂`` (``[K, K]``; ``[P, K, K]`` per parameter, where a parameter no task
     touches in a call keeps its targets; initially 0).
@@ -118,10 +121,10 @@ class GradVac(GramMethod, DirectionMethod):
             phi = torch.zeros(num_blocks, K, K, dtype=torch.float64, device=Gb.device)
         orders = random_task_orders(K, generator=generator, device=Gb.device, shuffle=self.shuffle)
         if blocks is None:
-            lam, phi = vaccine(Gb, phi, orders, self.beta, self.eps)
+            lam, phi = vaccine(Gb, phi, orders, beta=self.beta, eps=self.eps)
         else:
             index = torch.tensor(blocks, device=Gb.device)
-            lam, sub = vaccine(Gb, phi[index], orders, self.beta, self.eps)
+            lam, sub = vaccine(Gb, phi[index], orders, beta=self.beta, eps=self.eps)
             phi = phi.index_copy(0, index, sub)
         self._phi = phi
         return lam
@@ -177,35 +180,3 @@ class GradVac(GramMethod, DirectionMethod):
         self._phi = torch.where(touched[:, None, None], self._phi, keep)
         return lam
 
-
-def vaccine(G: torch.Tensor, phi: torch.Tensor, orders: torch.Tensor, beta: float, eps: float):
-    """GradVac on block Grams ``G`` ``[B, K, K]`` with targets ``phi`` ``[B, K, K]``.
-
-    ``orders[i]`` lists the tasks ``p_i`` is corrected against, in order (shared by the blocks).
-    Returns ``(λ [B, K], new targets [B, K, K])``.
-    """
-    B, K = G.shape[0], G.shape[-1]
-    rows = torch.arange(K, device=G.device)
-    C = torch.eye(K, dtype=G.dtype, device=G.device).expand(B, K, K).clone()
-    phi = phi.clone()
-    diag = torch.diagonal(G, dim1=-2, dim2=-1)
-    zero = diag.amax(-1, keepdim=True) * 1e-30 + 1e-300
-    for t in range(K - 1):
-        j = orders[:, t]
-        CG = C @ G
-        dot = CG[:, rows, j]
-        pn = torch.sqrt((CG * C).sum(-1).clamp_min(0.0))
-        gjj = diag[:, j]
-        gn = torch.sqrt(gjj.clamp_min(0.0))
-        den = pn * gn + eps
-        # |cos| ≤ 1 exactly; the clamp only removes Gram-form rounding when p_i has cancelled to ~0.
-        cos = torch.where(den > 0, dot / torch.where(den > 0, den, 1.0), 0.0).clamp(-1.0, 1.0)
-        target = phi[:, rows, j]
-        s_cos = torch.sqrt((1.0 - cos * cos).clamp_min(0.0))
-        s_tgt = torch.sqrt((1.0 - target * target).clamp_min(0.0))
-        den_w = gn * s_tgt + eps
-        w = pn * (target * s_cos - cos * s_tgt) / torch.where(den_w > 0, den_w, 1.0)
-        add = (cos < target) & (gjj > zero) & (den_w > 0)
-        C[:, rows, j] = C[:, rows, j] + torch.where(add, w, 0.0)
-        phi[:, rows, j] = (1.0 - beta) * target + beta * cos
-    return C.sum(-2), phi

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import torch
-
+from ..solvers import project_conflicts
 from .base import GramMethod
-from .common import check_choice, check_positive, symmetric64
+from .common import check_choice, check_positive
 from .registry import register_method
 from .ordering import random_task_orders
 
@@ -21,7 +20,8 @@ class PCGrad(GramMethod):
     Gram form (exact): ``p_i = Σ_k C_ik g_k`` with ``C = I`` initially, so
     ``⟨p_i, g_j⟩ = (C G)_ij`` and each projection subtracts ``s/(G_jj + eps)`` from ``C_ij``.
     The K rows are independent, so all K projections of one round run as one batched step:
-    K−1 rounds of O(K²) work on the device. ``λ = Σ_i C_i`` (column sums).
+    K−1 rounds of O(K²) work on the device (:func:`fastmtl.solvers.project_conflicts`: compiled
+    in ``fastmtl._C`` where available, else the PyTorch reference). ``λ = Σ_i C_i`` (column sums).
 
     Scale: ``reduction="sum"`` (paper and official code) or ``"mean"`` (``λ/K``).
     Zero-norm ``g_j`` (``G_jj ≤ zero_eps``) is never projected against.
@@ -44,30 +44,9 @@ class PCGrad(GramMethod):
         self.eps = check_positive("eps", eps)
 
     def weights(self, G, ctx):
-        G = symmetric64(G)
         K = G.shape[0]
         orders = random_task_orders(K, generator=ctx.generator, device=G.device, shuffle=self.shuffle)
-        C = project_conflicts(G, orders, self.eps)
+        C = project_conflicts(G, orders, eps=self.eps)  # symmetrises G in float64
         lam = C.sum(0)
         return lam / K if self.reduction == "mean" else lam
 
-
-def project_conflicts(G: torch.Tensor, orders: torch.Tensor, eps: float) -> torch.Tensor:
-    """Coefficient matrix ``C`` of PCGrad's projected gradients ``p_i = Σ_k C_ik g_k``.
-
-    ``orders[i]`` lists the tasks that ``p_i`` is projected against, in order.
-    """
-    K = G.shape[0]
-    rows = torch.arange(K, device=G.device)
-    C = torch.eye(K, dtype=G.dtype, device=G.device)
-    diag = torch.diagonal(G)
-    # Zero-norm gradients are skipped: relative to the largest squared norm so that scale does not
-    # matter, and never below the smallest positive double.
-    zero = diag.amax() * 1e-30 + 1e-300
-    for t in range(K - 1):
-        j = orders[:, t]
-        s = (C * G[:, j].T).sum(1)  # s_i = <p_i, g_{j_i}>
-        gjj = diag[j]
-        coef = torch.where((s < 0) & (gjj > zero), s / (gjj + eps), torch.zeros_like(s))
-        C[rows, j] = C[rows, j] - coef
-    return C

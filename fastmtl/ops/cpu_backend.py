@@ -15,7 +15,8 @@ from .registry import Backend, GramOperand, register_backend
 
 SOLVERS = {"min_norm_simplex": _solvers.min_norm_simplex, "project_dual_cone": _solvers.project_dual_cone,
            "cagrad_simplex_weights": _solvers.cagrad_simplex_weights, "nash_weights": _solvers.nash_weights,
-           "symmetric_eigh": _solvers.symmetric_eigh}
+           "symmetric_eigh": _solvers.symmetric_eigh, "project_conflicts": _solvers.project_conflicts,
+           "vaccine": _solvers.vaccine}
 
 
 def _extra_reasons(operand) -> list:

@@ -1,6 +1,6 @@
 """The compiled K×K solvers of ``fastmtl._C``: availability, fake kernels and thin wrappers.
 
-``csrc/solver_ops.cpp`` defines five ops (CPU kernels; ``csrc/solver_ops_cuda.cpp`` adds CUDA
+``csrc/solver_ops.cpp`` defines seven ops (CPU kernels; ``csrc/solver_ops_cuda.cpp`` adds CUDA
 kernels when the extension was built with nvcc), transcriptions of the reference solvers of this
 package with the same algorithms and iteration counts, in float64:
 
@@ -9,12 +9,16 @@ package with the same algorithms and iteration counts, in float64:
   :func:`fastmtl.solvers.dual_cone.project_dual_cone`;
 * ``solver_cagrad(G, c, iterations)`` — :func:`fastmtl.solvers.cagrad.cagrad_simplex_weights`;
 * ``solver_nash(G, init, iterations)`` — :func:`fastmtl.solvers.nash.nash_weights`;
-* ``solver_eigh(G, sweeps)`` — :func:`fastmtl.solvers.jacobi.symmetric_eigh_reference`.
+* ``solver_eigh(G, sweeps)`` — :func:`fastmtl.solvers.jacobi.symmetric_eigh_reference`;
+* ``solver_pcgrad(G, orders, eps)`` — :func:`fastmtl.solvers.projection.project_conflicts`;
+* ``solver_gradvac(G, targets, orders, beta, eps)`` — :func:`fastmtl.solvers.projection.vaccine`.
 
 G is ``[..., K, K]`` with ``1 ≤ K ≤ MAX_K``, results are float64 on G's device. On CPU tensors a
 solve runs on the calling thread (a batch is spread over intra-op threads); on CUDA tensors it is
 one kernel launch on the current stream (one block per solve), with no host synchronisation. A G
-with a NaN or ±Inf entry gives NaN results. The fake kernels registered here give shapes and
+with a NaN or ±Inf entry gives NaN results. PCGrad's and GradVac's ``orders`` (``[K, K − 1]``,
+integer, on G's device) are shared by the batch; an index outside ``[0, K)`` raises on CPU tensors
+and gives NaN on CUDA tensors (checking it there would read the tensor back to the host). The fake kernels registered here give shapes and
 dtypes without running anything (``torch.compile``, meta tensors).
 """
 
@@ -27,7 +31,8 @@ from torch import Tensor
 
 #: Largest K of the compiled solvers (kMaxK in csrc/solvers/common.h).
 MAX_K = 64
-OP_NAMES = ("solver_min_norm", "solver_dual_cone", "solver_cagrad", "solver_nash", "solver_eigh")
+OP_NAMES = ("solver_min_norm", "solver_dual_cone", "solver_cagrad", "solver_nash", "solver_eigh", "solver_pcgrad",
+            "solver_gradvac")
 #: Floating dtypes the ops read natively (others are converted to float64 inside the op).
 NATIVE_DTYPES = (torch.float32, torch.float64)
 
@@ -107,6 +112,14 @@ def _register_fakes() -> None:
     def _eigh_fake(G, sweeps):
         return f64(G, G.shape[:-1]), f64(G, G.shape)
 
+    @torch.library.register_fake("fastmtl::solver_pcgrad")
+    def _pcgrad_fake(G, orders, eps):
+        return f64(G, G.shape)
+
+    @torch.library.register_fake("fastmtl::solver_gradvac")
+    def _gradvac_fake(G, targets, orders, beta, eps):
+        return f64(G, G.shape[:-1]), f64(G, G.shape)
+
 
 if _registered():
     try:
@@ -123,6 +136,8 @@ if _registered():
     _cagrad_op = torch.ops.fastmtl.solver_cagrad.default
     _nash_op = torch.ops.fastmtl.solver_nash.default
     _eigh_op = torch.ops.fastmtl.solver_eigh.default
+    _pcgrad_op = torch.ops.fastmtl.solver_pcgrad.default
+    _gradvac_op = torch.ops.fastmtl.solver_gradvac.default
 
 
 def min_norm_simplex(G: Tensor, iterations: int) -> Tensor:
@@ -153,3 +168,16 @@ def nash_weights(G: Tensor, iterations: int, init: Optional[Tensor]) -> Tensor:
 
 def symmetric_eigh(G: Tensor, sweeps: int) -> tuple[Tensor, Tensor]:
     return _eigh_op(G, sweeps)
+
+
+def project_conflicts(G: Tensor, orders: Tensor, eps: float) -> Tensor:
+    return _pcgrad_op(G, orders, float(eps))
+
+
+def vaccine(G: Tensor, targets: Tensor, orders: Tensor, beta: float, eps: float) -> tuple[Tensor, Tensor]:
+    if targets.dim() > 2 and targets.shape[:-2] != G.shape[:-2]:
+        # The op takes shared targets [K, K] or one set per solve; other shapes broadcast here.
+        shape = torch.broadcast_shapes(G.shape[:-2], targets.shape[:-2])
+        G = G.expand(shape + G.shape[-2:])
+        targets = targets.expand(shape + targets.shape[-2:])
+    return _gradvac_op(G, targets, orders, float(beta), float(eps))

@@ -24,9 +24,11 @@ from . import dual_cone as _dual_cone_ref
 from . import jacobi as _jacobi_ref
 from . import min_norm as _min_norm_ref
 from . import nash as _nash_ref
+from . import projection as _projection_ref
 from .nash import default_nash_iterations
 
-__all__ = ["min_norm_simplex", "project_dual_cone", "cagrad_simplex_weights", "nash_weights", "symmetric_eigh"]
+__all__ = ["min_norm_simplex", "project_dual_cone", "cagrad_simplex_weights", "nash_weights", "symmetric_eigh",
+           "project_conflicts", "vaccine"]
 
 
 def _min_norm_reference(G, iterations):
@@ -49,9 +51,18 @@ def _eigh_reference(G, sweeps):
     return _jacobi_ref.symmetric_eigh_reference(G, sweeps=sweeps)
 
 
+def _pcgrad_reference(G, orders, eps):
+    return _projection_ref.project_conflicts(G, orders, eps)
+
+
+def _gradvac_reference(G, targets, orders, beta, eps):
+    return _projection_ref.vaccine(G, targets, orders, beta, eps)
+
+
 REFERENCE = {"min_norm_simplex": _min_norm_reference, "project_dual_cone": _dual_cone_reference,
              "cagrad_simplex_weights": _cagrad_reference, "nash_weights": _nash_reference,
-             "symmetric_eigh": _eigh_reference}
+             "symmetric_eigh": _eigh_reference, "project_conflicts": _pcgrad_reference,
+             "vaccine": _gradvac_reference}
 for _name, _fn in REFERENCE.items():
     register_implementation("reference", _name, _fn)
 
@@ -91,9 +102,22 @@ def symmetric_eigh(G: Tensor, *, sweeps: Optional[int] = None) -> tuple[Tensor, 
     return solver_implementation("symmetric_eigh", G)(G, sweeps)
 
 
+def project_conflicts(G: Tensor, orders: Tensor, *, eps: float = 1e-8) -> Tensor:
+    _projection_ref.check_inputs(G, orders, "project_conflicts")  # ValueError / TypeError on either path
+    return solver_implementation("project_conflicts", G)(G, orders, eps)
+
+
+def vaccine(G: Tensor, targets: Tensor, orders: Tensor, *, beta: float = 0.5, eps: float = 1e-8
+            ) -> tuple[Tensor, Tensor]:
+    _projection_ref.check_inputs(G, orders, "vaccine")
+    return solver_implementation("vaccine", G)(G, targets, orders, beta, eps)
+
+
 for _public, _ref in ((min_norm_simplex, _min_norm_ref.min_norm_simplex),
                       (project_dual_cone, _dual_cone_ref.project_dual_cone),
                       (cagrad_simplex_weights, _cagrad_ref.cagrad_simplex_weights),
                       (nash_weights, _nash_ref.nash_weights),
-                      (symmetric_eigh, _jacobi_ref.symmetric_eigh_reference)):
+                      (symmetric_eigh, _jacobi_ref.symmetric_eigh_reference),
+                      (project_conflicts, _projection_ref.project_conflicts),
+                      (vaccine, _projection_ref.vaccine)):
     _public.__doc__ = (_ref.__doc__ or "") + _NOTE.format(ref=f"{_ref.__module__}.{_ref.__name__}")
