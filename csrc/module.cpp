@@ -1,7 +1,8 @@
 // The Python module fastmtl._C: valid and empty, so that `import fastmtl._C` loads this library and
 // runs the static TORCH_LIBRARY registrations of every translation unit (solver_ops.cpp,
-// cpu_multi_tensor.cpp, and with the CUDA part ops.cpp and solver_ops_cuda.cpp). The ops are then
-// reached through torch.ops.fastmtl.*. Built in both the CPU-only and the CUDA configuration.
+// cpu_multi_tensor.cpp, cpu_graddrop.cpp, and with the CUDA part ops.cpp and solver_ops_cuda.cpp).
+// The ops are then reached through torch.ops.fastmtl.*. Built in both the CPU-only and the CUDA
+// configuration.
 #include <Python.h>
 
 PyMODINIT_FUNC PyInit__C(void) {

@@ -63,6 +63,15 @@ def test_per_parameter_matches_reference_bitwise(dtype, seed, offset):
         assert_same(got, graddrop_ref(tg, seed, offset, lk, DEFAULT_EPS))
 
 
+@pytest.mark.parametrize("offset", [2 ** 32 - 13, 2 ** 33 - 8 * 40, 2 ** 62 - 1000])
+def test_counters_crossing_a_32_bit_boundary(offset):
+    # The vectorised Philox takes eight consecutive counters at once; a group whose low word wraps
+    # (first case), one that ends exactly at the boundary (second) and a large high word (third).
+    J = torch.randn(3, 1000, generator=torch.Generator().manual_seed(11))
+    tg = canonicalize(J)
+    assert_same(cpu_ops.graddrop_tg(tg, 2 ** 35 + 1, offset), graddrop_ref(tg, 2 ** 35 + 1, offset))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("K", [1, 2, 8])
 def test_matrix_and_combine_match_reference(dtype, K):
