@@ -13,6 +13,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <vector>
@@ -34,10 +35,15 @@ constexpr int64_t kBlock = 256;     // elements converted to the accumulation ty
 #endif
 #define FASTMTL_INLINE inline __attribute__((always_inline))
 
+// FASTMTL_CPU_BASELINE=1 (read once) selects the baseline build on any CPU: how the tests check
+// that both builds give the same bits on a machine that has AVX2.
 inline bool fast_cpu() {
 #if FASTMTL_X86_CLONES
-  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                         __builtin_cpu_supports("f16c");
+  static const bool ok = [] {
+    const char* env = std::getenv("FASTMTL_CPU_BASELINE");
+    if (env != nullptr && env[0] == '1') return false;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  }();
   return ok;
 #else
   return false;

@@ -6,6 +6,10 @@ numbers and round every operation the same way, so every comparison below is exa
 (``torch.equal``; ``rtol = atol = 0`` with ``equal_nan`` where NaNs are involved).
 """
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 
@@ -165,6 +169,35 @@ def test_result_does_not_depend_on_the_thread_count():
     for r in results[1:]:
         assert_same(r, results[0])
     assert_same(results[0], graddrop_ref(tg, 2 ** 50, 123, leak))
+
+
+_BASELINE_CHECK = """
+import torch
+from fastmtl import cpu_ops
+from fastmtl.gradients import canonicalize
+from fastmtl.reference.graddrop import graddrop_ref
+g = torch.Generator().manual_seed(12)
+for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+    rows = [[None if (k, p) == (1, 0) else torch.randn(n, generator=g, dtype=torch.float64).to(dtype)
+             for p, n in enumerate([1000, 3, 300])] for k in range(3)]
+    tg = canonicalize(rows)
+    leak = torch.tensor([0.0, 0.5, 1.0])
+    for seed, offset in ((3, 2 ** 32 - 13), (2 ** 45 + 1, 0)):
+        for a, b in zip(cpu_ops.graddrop_tg(tg, seed, offset, leak), graddrop_ref(tg, seed, offset, leak)):
+            assert a.dtype == b.dtype and torch.equal(a, b), dtype
+print("same bits")
+"""
+
+
+def test_baseline_build_gives_the_same_bits():
+    # The kernels are compiled twice (baseline x86-64 and AVX2/FMA/F16C, the latter with its own
+    # Philox); FASTMTL_CPU_BASELINE=1 makes a process run the baseline one.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, FASTMTL_CPU_BASELINE="1",
+               PYTHONPATH=os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p))
+    res = subprocess.run([sys.executable, "-c", _BASELINE_CHECK], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0 and "same bits" in res.stdout, res.stderr[-3000:]
 
 
 def test_matches_the_triton_kernel_in_the_interpreter():
