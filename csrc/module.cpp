@@ -1,6 +1,6 @@
 // The Python module fastmtl._C: `import fastmtl._C` loads this library and runs the static
-// TORCH_LIBRARY registrations of every translation unit (solver_ops.cpp, cpu_multi_tensor.cpp, and
-// with the CUDA part ops.cpp and solver_ops_cuda.cpp); the ops are then reached through
+// TORCH_LIBRARY registrations of every translation unit (solver_ops.cpp, cpu_multi_tensor.cpp,
+// cpu_graddrop.cpp, and with the CUDA part ops.cpp and solver_ops_cuda.cpp); the ops are then reached through
 // torch.ops.fastmtl.*. The module itself holds one function, describe_params (describe_params.cpp),
 // which takes Python objects and so is not an op. Built in both the CPU-only and the CUDA
 // configuration.

@@ -1,8 +1,9 @@
-"""CPU multi-tensor kernels of ``fastmtl._C``: Gram matrix and weighted sum over a pointer table.
+"""CPU multi-tensor kernels of ``fastmtl._C``: Gram matrix, weighted sum and GradDrop over a pointer
+table.
 
-``csrc/cpu_multi_tensor.cpp`` registers three ops for CPU tensors (the arguments are the tensors
-themselves, task-major: entry ``k * P + p`` is task ``k``'s gradient of parameter ``p``, ``None``
-where the task does not touch it):
+``csrc/cpu_multi_tensor.cpp`` and ``csrc/cpu_graddrop.cpp`` register these ops for CPU tensors (the
+arguments are the tensors themselves, task-major: entry ``k * P + p`` is task ``k``'s gradient of
+parameter ``p``, ``None`` where the task does not touch it):
 
 * ``gramian_cpu(Tensor?[] tensors, int num_tasks) -> Tensor``: ``G[i, j] = Σ_p ⟨g_i[p], g_j[p]⟩``,
   ``[K, K]``, float32 (float64 for float64 inputs);
@@ -10,13 +11,17 @@ where the task does not touch it):
   parameter's ``d[p] = Σ_k weights[k] g_k[p]``, shaped like the parameter, in the inputs' dtype
   (one allocation each; an empty 1-D tensor for a parameter no task touches);
 * ``weighted_sum_cpu_out(..., Tensor(a!)[] out) -> ()``: writes ``d[p]`` into ``out[p]`` (e.g. the
-  parameters' ``.grad``); ``out[p]`` may be exactly one of parameter ``p``'s inputs.
+  parameters' ``.grad``); ``out[p]`` may be exactly one of parameter ``p``'s inputs;
+* ``graddrop_cpu(Tensor?[] tensors, int num_tasks, Tensor leak, int seed, int offset, float eps)
+  -> Tensor[]`` and ``graddrop_cpu_out(..., Tensor(a!)[] out) -> ()``: GradDrop's masked sum,
+  bit for bit :func:`fastmtl.reference.graddrop.graddrop_ref` (the same Philox-4x32-10 uniforms,
+  computed in C++ instead of int64 tensor ops); ``out`` tensors may differ in dtype.
 
 No Python loop per parameter and no ``torch.cat``: the kernel reads every tensor in place,
 bfloat16/float16 natively (converted a 256-element block at a time in registers/L1), accumulates in
 float32 (float64 for float64) within fixed 16384-element chunks and in float64 across chunks.
 ``at::parallel_for`` runs over fixed groups of chunks whose partial Gram matrices are added in
-group order, so results are bitwise identical for any thread count.
+group order, so results are bitwise identical for any thread count (GradDrop is elementwise).
 """
 
 from __future__ import annotations
@@ -25,10 +30,11 @@ from typing import Optional, Sequence
 
 import torch
 
-from .gradients import TaskGradients
+from .gradients import TaskGradients, accumulate_dtype
+from .reference.graddrop import DEFAULT_EPS
 from .ops.op_format import fake_gramian, fake_weighted_sum_out, first_entry, task_major_entries, weighted_sum_into
 
-OP_NAMES = ("gramian_cpu", "weighted_sum_cpu", "weighted_sum_cpu_out")
+OP_NAMES = ("gramian_cpu", "weighted_sum_cpu", "weighted_sum_cpu_out", "graddrop_cpu", "graddrop_cpu_out")
 
 _LOAD_ERROR: Optional[str] = None
 _FAKE_ERROR: Optional[str] = None
@@ -56,9 +62,18 @@ def _register_fakes() -> None:
     torch.library.register_fake("fastmtl::gramian_cpu")(fake_gramian("fastmtl::gramian_cpu"))
     torch.library.register_fake("fastmtl::weighted_sum_cpu_out")(fake_weighted_sum_out("fastmtl::weighted_sum_cpu_out"))
 
-    @torch.library.register_fake("fastmtl::weighted_sum_cpu")
-    def _weighted_sum_fake(tensors, num_tasks, weights):
-        ref = first_entry(tensors, num_tasks, "fastmtl::weighted_sum_cpu", RuntimeError)
+    torch.library.register_fake("fastmtl::weighted_sum_cpu")(_per_parameter_fake("fastmtl::weighted_sum_cpu"))
+    torch.library.register_fake("fastmtl::graddrop_cpu")(_per_parameter_fake("fastmtl::graddrop_cpu"))
+
+    @torch.library.register_fake("fastmtl::graddrop_cpu_out")
+    def _graddrop_out_fake(tensors, num_tasks, leak, seed, offset, eps, out):
+        first_entry(tensors, num_tasks, "fastmtl::graddrop_cpu_out", RuntimeError)
+        return None
+
+
+def _per_parameter_fake(op: str):
+    def fake(tensors, num_tasks, *args):
+        ref = first_entry(tensors, num_tasks, op, RuntimeError)
         # One allocation per parameter, as the real kernel returns (outputs must not alias).
         P = len(tensors) // num_tasks
         parts = []
@@ -66,6 +81,7 @@ def _register_fakes() -> None:
             column = [tensors[k * P + p] for k in range(num_tasks) if tensors[k * P + p] is not None]
             parts.append(ref.new_empty(column[0].shape if column else (0,)))
         return parts
+    return fake
 
 
 if _C is not None and all(hasattr(torch.ops.fastmtl, name) for name in OP_NAMES):
@@ -97,6 +113,43 @@ def weighted_sum_tg(tg: TaskGradients, weights: torch.Tensor,
         parts = torch.ops.fastmtl.weighted_sum_cpu(task_major_entries(tg), K, weights)
         return [None if shape is None else part for part, shape in zip(parts, tg.shapes)]
     return weighted_sum_into(tg, weights, out, torch.ops.fastmtl.weighted_sum_cpu_out)
+
+
+def graddrop_tg(tg: TaskGradients, seed: int, offset: int = 0, leak: Optional[torch.Tensor] = None,
+                eps: float = DEFAULT_EPS, out: Optional[Sequence[Optional[torch.Tensor]]] = None) -> list:
+    """GradDrop direction per parameter; same contract and same bits as ``graddrop_ref``.
+
+    Element ``i`` of parameter ``p`` draws the Philox uniform of counter ``offset + base_p + i``
+    (``base_p``: elements of the parameters before ``p``; parameters no task touches count 0).
+    Without ``out``: one new tensor per parameter in the gradients' dtype (``None`` where no task
+    has one). With ``out``: written in place, one call whatever the ``out`` dtypes.
+    """
+    seed, offset = int(seed), int(offset)
+    if not 0 <= seed < 2 ** 63:
+        raise ValueError(f"graddrop: seed must be in [0, 2^63), got {seed}")
+    if offset < 0:
+        raise ValueError(f"graddrop: offset must be >= 0, got {offset}")
+    K = tg.num_tasks
+    if leak is None:
+        leak = torch.zeros(K, dtype=accumulate_dtype(tg.dtype), device=tg.device)
+    else:
+        if leak.numel() != K:
+            raise ValueError(f"graddrop: leak must hold one value per task ({K}), got shape {tuple(leak.shape)}")
+        if leak.device != tg.device:
+            leak = leak.to(tg.device)
+    if out is None:
+        parts = torch.ops.fastmtl.graddrop_cpu(task_major_entries(tg), K, leak, seed, offset, float(eps))
+        return [None if shape is None else part for part, shape in zip(parts, tg.shapes)]
+    targets = list(out)
+    # Parameters no task touches have no elements and shift no counter: leaving them out of the
+    # call (their out entries may be None) changes no random number.
+    active = [p for p, shape in enumerate(tg.shapes) if shape is not None]
+    if len(active) == tg.num_params:
+        torch.ops.fastmtl.graddrop_cpu_out(task_major_entries(tg), K, leak, seed, offset, float(eps), targets)
+    elif active:
+        torch.ops.fastmtl.graddrop_cpu_out(task_major_entries(tg, active), K, leak, seed, offset, float(eps),
+                                           [targets[p] for p in active])
+    return targets
 
 
 def defer_to_blas(primitive: str, tg: TaskGradients) -> bool:

@@ -83,6 +83,10 @@ def test_without_nvcc_the_cpu_part_builds_loads_and_solves(tmp_path):
         "g = [[torch.randn(7), torch.randn(3, 4)] for _ in range(3)]\n"
         "assert fastmtl.ops.get_backend('cpu').unavailable_reason() is None\n"
         "torch.testing.assert_close(fastmtl.gramian(g, backend='cpu'), fastmtl.gramian(g, backend='reference'))\n"
+        "gen = lambda: torch.Generator().manual_seed(0)\n"
+        "d, info = fastmtl.combine(g, method='graddrop', generator=gen(), return_info=True)\n"
+        "ref = fastmtl.combine(g, method='graddrop', generator=gen(), backend='reference')\n"
+        "assert info.backend == 'cpu' and all(torch.equal(a, b) for a, b in zip(d, ref)), info.backend\n"
         "print('solved')\n" % src)
     run_env = dict(env, PYTHONPATH=src)
     out = subprocess.run([sys.executable, "-c", check], cwd=src, env=run_env, capture_output=True, text=True,

@@ -26,7 +26,8 @@ class GradDrop(DirectionMethod):
     reference): each call draws a seed from ``generator`` (the default CPU generator when none is
     given; a CPU generator needs no device synchronisation) and numbers elements by their position
     in the concatenation of the parameters. The registry's ``graddrop`` primitive runs it: the fused
-    Triton kernel on CUDA tensors (one pass: read K values, write one), the reference elsewhere.
+    Triton kernel on CUDA tensors, the compiled ``cpu`` backend's kernel on CPU tensors (one pass:
+    read K values, write one; the same bits as the reference), the reference elsewhere.
     ``info.weights`` is ``None``: the direction is not one combination.
 
     GradDrop was proposed at a layer's activations; applied to parameter gradients, as here, it is

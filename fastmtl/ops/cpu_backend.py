@@ -1,7 +1,8 @@
 """Registers the compiled CPU backend (``fastmtl._C``'s CPU part): CPU tensors,
 float32/float16/bfloat16/float64, deterministic for any thread count.
 
-Primitives: the multi-tensor ``gramian`` / ``weighted_sum`` kernels, and the K×K solvers of
+Primitives: the multi-tensor ``gramian`` / ``weighted_sum`` kernels, ``graddrop`` (bit for bit the
+reference's, Philox uniforms included), and the K×K solvers of
 :mod:`fastmtl.solvers` (``fastmtl.solvers.compiled``, K ≤ 64). Priority sits above the reference, so
 automatic selection takes it on CPU tensors where :func:`fastmtl.cpu_ops.defer_to_blas` does not
 send the call to BLAS; the reference stays the fallback (and runs whenever the extension is
@@ -35,7 +36,8 @@ register_backend(Backend(
     # The solvers run each solve on one thread in a fixed order.
     deterministic=True,
     probe=cpu_ops.unavailable_reason,
-    implementations={"gramian": cpu_ops.gramian_tg, "weighted_sum": cpu_ops.weighted_sum_tg, **SOLVERS},
+    implementations={"gramian": cpu_ops.gramian_tg, "weighted_sum": cpu_ops.weighted_sum_tg,
+                     "graddrop": cpu_ops.graddrop_tg, **SOLVERS},
     extra_reasons=_extra_reasons,
     defer=cpu_ops.defer_to_blas,
 ))

@@ -1,0 +1,240 @@
+// Shared by the CPU pointer-table kernels (cpu_multi_tensor.cpp, cpu_graddrop.cpp): the table of K x P
+// task gradients read in place, its fixed chunks, block conversion of low-precision inputs, the
+// run-time choice of the AVX2/FMA/F16C build, and the out= overlap check.
+//
+// "tensors" is task-major: tensors[k * P + p] is task k's gradient of parameter p, None where task k
+// does not touch parameter p. Every parameter is cut into fixed chunks of kChunk elements (the work
+// items of at::parallel_for); a parameter no task touches has no elements and no chunks.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <optional>
+#include <vector>
+
+namespace fastmtl_cpu {
+
+
+using OptTensorList = c10::List<std::optional<at::Tensor>>;
+
+constexpr int64_t kChunk = 16384;   // elements of one parameter per work item
+constexpr int64_t kBlock = 256;     // elements converted to the accumulation type at once
+
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(_M_X64))
+#define FASTMTL_X86_CLONES 1
+#define FASTMTL_FAST_TARGET __attribute__((target("avx2,fma,f16c")))
+#else
+#define FASTMTL_X86_CLONES 0
+#define FASTMTL_FAST_TARGET
+#endif
+#define FASTMTL_INLINE inline __attribute__((always_inline))
+
+// FASTMTL_CPU_BASELINE=1 (read once) selects the baseline build on any CPU: how the tests check
+// that both builds give the same bits on a machine that has AVX2.
+inline bool fast_cpu() {
+#if FASTMTL_X86_CLONES
+  static const bool ok = [] {
+    const char* env = std::getenv("FASTMTL_CPU_BASELINE");
+    if (env != nullptr && env[0] == '1') return false;
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  }();
+  return ok;
+#else
+  return false;
+#endif
+}
+
+inline bool supported_dtype(at::ScalarType t) {
+  return t == at::kFloat || t == at::kHalf || t == at::kBFloat16 || t == at::kDouble;
+}
+
+// ---- element conversion -------------------------------------------------------------------------
+
+template <typename T, typename A>
+FASTMTL_INLINE void load_block(const T* src, A* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<A>(static_cast<float>(src[i]));
+}
+
+template <>
+FASTMTL_INLINE void load_block<c10::BFloat16, float>(const c10::BFloat16* src, float* dst, int64_t n) {
+  // bfloat16 is the top half of a float32: a shift, which the compiler vectorises.
+  const uint16_t* s = reinterpret_cast<const uint16_t*>(src);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t bits = uint32_t(s[i]) << 16;
+    std::memcpy(dst + i, &bits, sizeof(float));
+  }
+}
+
+#if FASTMTL_X86_CLONES && defined(__FLT16_MAX__)
+template <>
+FASTMTL_INLINE void load_block<c10::Half, float>(const c10::Half* src, float* dst, int64_t n) {
+  // _Float16 -> float: vcvtph2ps in the F16C build, a libgcc call in the baseline build.
+  const _Float16* s = reinterpret_cast<const _Float16*>(src);
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(s[i]);
+}
+#endif
+
+template <typename A>
+FASTMTL_INLINE A dot_lanes(const A* x, const A* y, int64_t n) {
+  // Eight independent partial sums in a fixed order: vectorisable without -ffast-math.
+  A acc[8] = {A(0), A(0), A(0), A(0), A(0), A(0), A(0), A(0)};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int l = 0; l < 8; ++l) acc[l] += x[i + l] * y[i + l];
+  }
+  A tail = A(0);
+  for (; i < n; ++i) tail += x[i] * y[i];
+  return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail;
+}
+
+// ---- the work list --------------------------------------------------------------------------------
+
+struct Chunk {
+  int64_t p;      // parameter
+  int64_t start;  // first element
+  int64_t len;    // elements
+};
+
+struct Table {
+  int64_t K = 0, P = 0;
+  at::ScalarType dtype = at::kFloat;
+  std::vector<const void*> ptr;  // K * P, nullptr = missing or empty
+  std::vector<int64_t> numel;    // P
+  std::vector<std::vector<int64_t>> shape;  // P, empty for a parameter no task touches
+  std::vector<at::Tensor> keep;  // contiguous copies of strided inputs
+  std::vector<Chunk> chunks;
+};
+
+inline Table make_table(const OptTensorList& tensors, int64_t num_tasks, const char* op) {
+  TORCH_CHECK(num_tasks >= 1, op, ": num_tasks must be at least 1, got ", num_tasks);
+  const int64_t n = int64_t(tensors.size());
+  TORCH_CHECK(n > 0 && n % num_tasks == 0, op, ": expected num_tasks * P entries (entry k * P + p is task k's ",
+              "gradient of parameter p), got ", n, " entries for num_tasks = ", num_tasks);
+  Table t;
+  t.K = num_tasks;
+  t.P = n / num_tasks;
+  t.ptr.assign(n, nullptr);
+  t.numel.assign(t.P, 0);
+  std::vector<int64_t> owner(t.P, -1);
+  t.shape.assign(t.P, {});
+  bool have_ref = false;
+  int64_t ref_k = 0, ref_p = 0;
+  for (int64_t k = 0; k < t.K; ++k) {
+    for (int64_t p = 0; p < t.P; ++p) {
+      const std::optional<at::Tensor> opt = tensors.get(k * t.P + p);
+      if (!opt.has_value() || !opt->defined()) continue;
+      const at::Tensor& x = *opt;
+      TORCH_CHECK(x.device().is_cpu(), op, ": task ", k, ", parameter ", p, ": expected a CPU tensor, got one on ",
+                  x.device());
+      TORCH_CHECK(x.layout() == at::kStrided, op, ": task ", k, ", parameter ", p,
+                  ": sparse or non-strided tensors are not supported (layout ", x.layout(), ")");
+      TORCH_CHECK(supported_dtype(x.scalar_type()), op, ": task ", k, ", parameter ", p, ": dtype ",
+                  x.scalar_type(), " is not supported (float32, float16, bfloat16 or float64)");
+      if (!have_ref) {
+        have_ref = true;
+        t.dtype = x.scalar_type();
+        ref_k = k;
+        ref_p = p;
+      } else {
+        TORCH_CHECK(x.scalar_type() == t.dtype, op, ": task ", k, ", parameter ", p, ": has dtype ",
+                    x.scalar_type(), " but task ", ref_k, ", parameter ", ref_p, " has ", t.dtype,
+                    "; all task gradients must share one dtype");
+      }
+      if (owner[p] < 0) {
+        owner[p] = k;
+        t.numel[p] = x.numel();
+        t.shape[p] = x.sizes().vec();
+      } else {
+        TORCH_CHECK(x.sizes().equals(t.shape[p]), op, ": task ", k, ", parameter ", p, ": shape ", x.sizes(),
+                    " differs from task ", owner[p], "'s ", c10::IntArrayRef(t.shape[p]), " for the same parameter");
+      }
+      if (x.numel() == 0) continue;
+      if (x.is_contiguous()) {
+        t.ptr[k * t.P + p] = x.data_ptr();
+      } else {  // cold path: one copy, never an error
+        at::Tensor c = x.contiguous();
+        t.ptr[k * t.P + p] = c.data_ptr();
+        t.keep.push_back(std::move(c));
+      }
+    }
+  }
+  TORCH_CHECK(have_ref, op, ": every entry is None; at least one task gradient is needed");
+  for (int64_t p = 0; p < t.P; ++p) {
+    for (int64_t s = 0; s < t.numel[p]; s += kChunk) t.chunks.push_back({p, s, std::min(kChunk, t.numel[p] - s)});
+  }
+  return t;
+}
+
+struct Span {
+  uintptr_t lo, hi;
+};
+
+inline Span span_of(const at::Tensor& x) {
+  // Bytes the tensor may touch: [data, data + extent), from its sizes and (non-negative) strides.
+  int64_t extent = 1;
+  for (int64_t d = 0; d < x.dim(); ++d) {
+    if (x.size(d) == 0) return {0, 0};
+    extent += (x.size(d) - 1) * std::abs(x.stride(d));
+  }
+  const uintptr_t lo = reinterpret_cast<uintptr_t>(x.data_ptr());
+  return {lo, lo + uintptr_t(extent * x.element_size())};
+}
+
+struct Interval {
+  Span s;
+  int64_t p;     // parameter
+  int64_t k;     // task, or -1 for out[p]
+  const at::Tensor* x;
+};
+
+// out[p] may be exactly one of parameter p's inputs (same storage, strides and dtype, contiguous);
+// any other overlap of an out tensor with an input or another out tensor is an error. Inputs may
+// overlap each other (they are only read). Sorted sweep: O(n log n + overlapping pairs).
+inline void check_out_overlap(const OptTensorList& tensors, const Table& t, at::TensorList out, const char* op) {
+  std::vector<at::Tensor> inputs;
+  inputs.reserve(t.K * t.P);
+  std::vector<Interval> iv;
+  iv.reserve(t.K * t.P + t.P);
+  for (int64_t k = 0; k < t.K; ++k) {
+    for (int64_t p = 0; p < t.P; ++p) {
+      const std::optional<at::Tensor> in = tensors.get(k * t.P + p);
+      if (!in.has_value() || !in->defined() || in->numel() == 0) continue;
+      inputs.push_back(*in);
+    }
+  }
+  size_t next = 0;
+  for (int64_t k = 0; k < t.K; ++k) {
+    for (int64_t p = 0; p < t.P; ++p) {
+      const std::optional<at::Tensor> in = tensors.get(k * t.P + p);
+      if (!in.has_value() || !in->defined() || in->numel() == 0) continue;
+      const at::Tensor* x = &inputs[next++];
+      iv.push_back({span_of(*x), p, k, x});
+    }
+  }
+  for (int64_t p = 0; p < t.P; ++p) {
+    if (t.numel[p] > 0) iv.push_back({span_of(out[p]), p, -1, &out[p]});
+  }
+  std::sort(iv.begin(), iv.end(), [](const Interval& a, const Interval& b) { return a.s.lo < b.s.lo; });
+  for (size_t i = 0; i < iv.size(); ++i) {
+    for (size_t j = i + 1; j < iv.size() && iv[j].s.lo < iv[i].s.hi; ++j) {
+      const Interval& a = iv[i];
+      const Interval& b = iv[j];
+      if (a.k >= 0 && b.k >= 0) continue;  // two inputs
+      TORCH_CHECK(a.k >= 0 || b.k >= 0, op, ": out[", a.p, "] overlaps out[", b.p, "]");
+      const Interval& o = a.k < 0 ? a : b;
+      const Interval& in = a.k < 0 ? b : a;
+      const bool same = in.p == o.p && in.x->data_ptr() == o.x->data_ptr() && in.x->strides().equals(o.x->strides()) &&
+                        in.x->scalar_type() == o.x->scalar_type() && o.x->is_contiguous();
+      TORCH_CHECK(same, op, ": out[", o.p, "] overlaps task ", in.k, "'s gradient of parameter ", in.p,
+                  " without being that very tensor (only an exact alias of one of its own inputs is allowed)");
+    }
+  }
+}
+
+}  // namespace fastmtl_cpu
