@@ -36,6 +36,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "cpu_kernels.h"
 #include "cpu_pointer_table.h"
 
 #include <cstdint>
@@ -357,6 +358,18 @@ void graddrop_cpu_out(const OptTensorList& tensors, int64_t num_tasks, const at:
 }
 
 }  // namespace
+
+// The same functions for the direct eager entry points (cpu_kernels.h, cpu_direct.cpp).
+namespace fastmtl_cpu {
+std::vector<at::Tensor> direct_graddrop(const OptTensorList& tensors, int64_t num_tasks, const at::Tensor& leak,
+                                        int64_t seed, int64_t offset, double eps) {
+  return graddrop_cpu(tensors, num_tasks, leak, seed, offset, eps);
+}
+void direct_graddrop_out(const OptTensorList& tensors, int64_t num_tasks, const at::Tensor& leak, int64_t seed,
+                         int64_t offset, double eps, at::TensorList out) {
+  graddrop_cpu_out(tensors, num_tasks, leak, seed, offset, eps, out);
+}
+}  // namespace fastmtl_cpu
 
 TORCH_LIBRARY_FRAGMENT(fastmtl, m) {
   m.set_python_module("fastmtl.cpu_ops");

@@ -31,6 +31,7 @@
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
+#include "cpu_kernels.h"
 #include "cpu_pointer_table.h"
 
 #include <algorithm>
@@ -278,6 +279,18 @@ void weighted_sum_cpu_out(const OptTensorList& tensors, int64_t num_tasks, const
 }
 
 }  // namespace
+
+// The same functions for the direct eager entry points (cpu_kernels.h, cpu_direct.cpp).
+namespace fastmtl_cpu {
+at::Tensor direct_gramian(const OptTensorList& tensors, int64_t num_tasks) { return gramian_cpu(tensors, num_tasks); }
+std::vector<at::Tensor> direct_weighted_sum(const OptTensorList& tensors, int64_t num_tasks, const at::Tensor& weights) {
+  return weighted_sum_cpu(tensors, num_tasks, weights);
+}
+void direct_weighted_sum_out(const OptTensorList& tensors, int64_t num_tasks, const at::Tensor& weights,
+                             at::TensorList out) {
+  weighted_sum_cpu_out(tensors, num_tasks, weights, out);
+}
+}  // namespace fastmtl_cpu
 
 TORCH_LIBRARY_FRAGMENT(fastmtl, m) {
   m.set_python_module("fastmtl.cpu_ops");

@@ -1,11 +1,12 @@
 // The Python module fastmtl._C: `import fastmtl._C` loads this library and runs the static
 // TORCH_LIBRARY registrations of every translation unit (solver_ops.cpp, cpu_multi_tensor.cpp,
-// cpu_graddrop.cpp, and with the CUDA part ops.cpp and solver_ops_cuda.cpp); the ops are then reached through
-// torch.ops.fastmtl.*. The module itself holds one function, describe_params (describe_params.cpp),
-// which takes Python objects and so is not an op. Built in both the CPU-only and the CUDA
-// configuration.
+// cpu_graddrop.cpp, and with the CUDA part ops.cpp and solver_ops_cuda.cpp); the ops are then
+// reached through torch.ops.fastmtl.*. The module itself holds functions that take Python objects
+// and so are not ops: describe_params (describe_params.cpp) and the direct eager entry points to
+// the CPU kernels (cpu_direct.cpp). Built in both the CPU-only and the CUDA configuration.
 #include <Python.h>
 
+#include "cpu_direct.h"
 #include "describe_params.h"
 
 namespace {
@@ -13,6 +14,20 @@ PyMethodDef methods[] = {
     {"describe_params", fastmtl_describe_params, METH_O,
      "describe_params(grads) -> None | (rows, shapes, numels, dtype, device): bulk validation of "
      "per-parameter task gradients (see fastmtl.gradients)"},
+    {"gramian_cpu_direct", fastmtl_gramian_cpu_direct, METH_VARARGS,
+     "gramian_cpu_direct(tensors, num_tasks): torch.ops.fastmtl.gramian_cpu without the dispatcher"},
+    {"weighted_sum_cpu_direct", fastmtl_weighted_sum_cpu_direct, METH_VARARGS,
+     "weighted_sum_cpu_direct(tensors, num_tasks, weights): torch.ops.fastmtl.weighted_sum_cpu without the "
+     "dispatcher"},
+    {"weighted_sum_cpu_out_direct", fastmtl_weighted_sum_cpu_out_direct, METH_VARARGS,
+     "weighted_sum_cpu_out_direct(tensors, num_tasks, weights, out): torch.ops.fastmtl.weighted_sum_cpu_out "
+     "without the dispatcher"},
+    {"graddrop_cpu_direct", fastmtl_graddrop_cpu_direct, METH_VARARGS,
+     "graddrop_cpu_direct(tensors, num_tasks, leak, seed, offset, eps): torch.ops.fastmtl.graddrop_cpu without "
+     "the dispatcher"},
+    {"graddrop_cpu_out_direct", fastmtl_graddrop_cpu_out_direct, METH_VARARGS,
+     "graddrop_cpu_out_direct(tensors, num_tasks, leak, seed, offset, eps, out): "
+     "torch.ops.fastmtl.graddrop_cpu_out without the dispatcher"},
     {nullptr, nullptr, 0, nullptr},
 };
 }  // namespace
