@@ -152,6 +152,21 @@ def test_missing_task_takes_no_part_even_with_nonfinite_values():
     assert torch.isinf(G[0, 0]) and torch.equal(G[1, 1], torch.tensor(2.0)) and torch.equal(G[0, 1], torch.tensor(2.0))
 
 
+def test_packed_small_parameters_keep_missing_tasks_out():
+    # Small parameters every task holds are packed into shared blocks; one that a task lacks is not,
+    # so that task's product with an Inf elsewhere stays absent (no 0 * Inf).
+    g = torch.Generator().manual_seed(3)
+    small = [[torch.randn(n, generator=g) for n in (5, 50, 3, 200, 7)] for _ in range(3)]
+    small[0][2] = torch.tensor([1.0, float("inf"), 2.0])
+    small[1][2] = None
+    G = fastmtl.gramian(small, backend="cpu")
+    assert torch.isfinite(G[1, :]).all() and torch.isfinite(G[:, 1]).all()
+    assert torch.isinf(G[0, 0]) and not torch.isfinite(G[0, 2])
+    finite = [[t for p, t in enumerate(row) if p != 2] for row in small]
+    G64 = gramian_ref(canonicalize(as64(finite)))
+    assert (fastmtl.gramian(finite, backend="cpu").double() - G64).abs().max() <= 1e-5 * G64.abs().max()
+
+
 def test_non_contiguous_inputs_and_automatic_choice():
     J = torch.randn(6, 4000, dtype=torch.float32)[::2, ::3]  # strided rows
     rows = [[J[k].view(-1)[:1000].reshape(10, 100).T] for k in range(3)]
