@@ -213,9 +213,10 @@ def params_fast(grads: Sequence) -> Optional[TaskGradients]:
 
     Runs ``fastmtl._C.describe_params`` (the metadata of every tensor read in C++, about 20× faster
     than through Python attributes) where the extension is loaded, else
-    :func:`params_fast_python`; both accept exactly the same inputs.
+    :func:`params_fast_python`; both accept exactly the same inputs. Under ``torch.compile`` the
+    Python version runs: Dynamo cannot trace into the C function.
     """
-    if _DESCRIBE_PARAMS is None:
+    if _DESCRIBE_PARAMS is None or torch.compiler.is_compiling():
         return params_fast_python(grads)
     found = _DESCRIBE_PARAMS(grads)
     if found is None:
