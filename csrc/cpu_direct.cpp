@@ -171,20 +171,32 @@ PyObject* fastmtl_weighted_sum_cpu_out_direct(PyObject* /*self*/, PyObject* args
   END_HANDLE_TH_ERRORS
 }
 
+namespace {
+
+struct GradDropArgs {
+  c10::List<std::optional<at::Tensor>> list;
+  int64_t K, seed, offset;
+  at::Tensor leak;
+  double eps;
+};
+
+// (tensors, num_tasks, leak, seed, offset, eps), the leading arguments of both GradDrop entries.
+GradDropArgs graddrop_args(PyObject* const* a) {
+  return {optional_tensors(a[0], "tensors"), integer(a[1], "num_tasks"), integer(a[3], "seed"),
+          integer(a[4], "offset"), tensor(a[2], "leak"), real(a[5], "eps")};
+}
+
+}  // namespace
+
 PyObject* fastmtl_graddrop_cpu_direct(PyObject* /*self*/, PyObject* args) {
   HANDLE_TH_ERRORS
   PyObject* a[6];
   if (!unpack_args(args, 6, a, "graddrop_cpu_direct")) return nullptr;
-  const auto list = optional_tensors(a[0], "tensors");
-  const int64_t K = integer(a[1], "num_tasks");
-  const at::Tensor& leak = tensor(a[2], "leak");
-  const int64_t seed = integer(a[3], "seed");
-  const int64_t offset = integer(a[4], "offset");
-  const double eps = real(a[5], "eps");
+  const GradDropArgs g = graddrop_args(a);
   std::vector<at::Tensor> parts;
   {
     ReleaseGil released;
-    parts = fastmtl_cpu::direct_graddrop(list, K, leak, seed, offset, eps);
+    parts = fastmtl_cpu::direct_graddrop(g.list, g.K, g.leak, g.seed, g.offset, g.eps);
   }
   return wrap_all(std::move(parts));
   END_HANDLE_TH_ERRORS
@@ -194,16 +206,11 @@ PyObject* fastmtl_graddrop_cpu_out_direct(PyObject* /*self*/, PyObject* args) {
   HANDLE_TH_ERRORS
   PyObject* a[7];
   if (!unpack_args(args, 7, a, "graddrop_cpu_out_direct")) return nullptr;
-  const auto list = optional_tensors(a[0], "tensors");
-  const int64_t K = integer(a[1], "num_tasks");
-  const at::Tensor& leak = tensor(a[2], "leak");
-  const int64_t seed = integer(a[3], "seed");
-  const int64_t offset = integer(a[4], "offset");
-  const double eps = real(a[5], "eps");
+  const GradDropArgs g = graddrop_args(a);
   const std::vector<at::Tensor> out = tensors(a[6], "out");
   {
     ReleaseGil released;
-    fastmtl_cpu::direct_graddrop_out(list, K, leak, seed, offset, eps, out);
+    fastmtl_cpu::direct_graddrop_out(g.list, g.K, g.leak, g.seed, g.offset, g.eps, out);
   }
   bump_versions(out);
   Py_RETURN_NONE;

@@ -18,26 +18,13 @@ from fastmtl import cpu_ops
 from fastmtl.gradients import canonicalize
 from fastmtl.ops import select
 from fastmtl.reference.graddrop import DEFAULT_EPS, graddrop_ref
+from _per_param import per_param
 
 pytestmark = pytest.mark.skipif(cpu_ops.unavailable_reason() is not None,
                                 reason=f"CPU kernels unavailable: {cpu_ops.unavailable_reason()}")
 
 DTYPES = [torch.float32, torch.float64, torch.bfloat16, torch.float16]
 SIZES = [1, 7, 300, 16384 + 5, 2, 999, 3 * 16384 + 1] + [11, 3, 65] * 65  # 202 parameters
-
-
-def per_param(K, sizes, dtype, seed=0, missing=()):
-    """K tasks × len(sizes) parameters of odd shapes; ``missing`` lists (k, p) entries left None."""
-    g = torch.Generator().manual_seed(seed)
-    rows = []
-    for k in range(K):
-        row = []
-        for p, n in enumerate(sizes):
-            shape = (n,) if n % 3 else (3, n // 3)
-            t = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
-            row.append(None if (k, p) in missing else t)
-        rows.append(row)
-    return rows
 
 
 def assert_same(got, want):

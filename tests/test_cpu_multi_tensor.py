@@ -8,25 +8,12 @@ from fastmtl import cpu_ops
 from fastmtl.gradients import canonicalize, canonicalize_out
 from fastmtl.ops import select
 from fastmtl.reference.primitives import gramian_ref, weighted_sum_ref
+from _per_param import per_param
 
 pytestmark = pytest.mark.skipif(cpu_ops.unavailable_reason() is not None,
                                 reason=f"CPU kernels unavailable: {cpu_ops.unavailable_reason()}")
 
 LOW = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11, torch.float32: 2.0 ** -24, torch.float64: 2.0 ** -53}
-
-
-def per_param(K, sizes, dtype, seed=0, missing=()):
-    """K tasks × len(sizes) parameters of odd shapes; ``missing`` lists (k, p) entries left None."""
-    g = torch.Generator().manual_seed(seed)
-    rows = []
-    for k in range(K):
-        row = []
-        for p, n in enumerate(sizes):
-            shape = (n,) if n % 3 else (3, n // 3)
-            t = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
-            row.append(None if (k, p) in missing else t)
-        rows.append(row)
-    return rows
 
 
 def as64(rows):

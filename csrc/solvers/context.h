@@ -24,6 +24,22 @@ struct Ctx {
 using HostCtx = Ctx<Solo, Solo>;
 FMTL_INL HostCtx host_ctx() { return HostCtx{Solo{}, Solo{}, 0, 1, 0, 1}; }
 
+// Whether every thread's flags[i] (K of them, 1.0 = bad) is 0: one sum on thread 0, broadcast
+// through `slot`. Call after the loop that sets the flags, on every thread of the block.
+template <class B>
+FMTL_INL bool block_all_ok(const B& t, int K, const double* flags, double* slot) {
+  t.sync();
+  if (t.rank() == 0) {
+    double bad = 0.0;
+    for (int i = 0; i < K; ++i) bad += flags[i];
+    *slot = bad;
+  }
+  t.sync();
+  const bool ok = *slot == 0.0;
+  t.sync();
+  return ok;
+}
+
 // Gs = (G + Gᵀ)/2 in float64 (fastmtl.solvers' symmetric64), row-major into S (leading dimension K),
 // and whether every entry of Gs is finite (false also when the sum overflows). `flags` holds K
 // doubles, `slot` one.
@@ -38,16 +54,7 @@ FMTL_INL bool load_symmetric(const B& t, const Tin* G, int K, double* S, double*
     }
     flags[i] = ok ? 0.0 : 1.0;
   }
-  t.sync();
-  if (t.rank() == 0) {
-    double bad = 0.0;
-    for (int i = 0; i < K; ++i) bad += flags[i];
-    *slot = bad;
-  }
-  t.sync();
-  const bool ok = *slot == 0.0;
-  t.sync();
-  return ok;
+  return block_all_ok(t, K, flags, slot);
 }
 
 // Writes NaN into out[0..n) (the result for a non-finite G).

@@ -49,16 +49,7 @@ FMTL_INL bool orders_valid(const B& t, const int64_t* orders, int K, double* fla
     }
     flags[i] = ok ? 0.0 : 1.0;
   }
-  t.sync();
-  if (t.rank() == 0) {
-    double bad = 0.0;
-    for (int i = 0; i < K; ++i) bad += flags[i];
-    *slot = bad;
-  }
-  t.sync();
-  const bool ok = *slot == 0.0;
-  t.sync();
-  return ok;
+  return block_all_ok(t, K, flags, slot);
 }
 
 // Index of the lowest set bit of a nonzero mask.
