@@ -69,7 +69,7 @@ def _op(name: str):
     """
     direct = _DIRECT.get(name)
     if (direct is None or torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
-            or torch._C._len_torch_function_stack() or torch.autograd.profiler._is_profiler_enabled):
+            or torch._C._len_torch_function_stack() or getattr(torch.autograd.profiler, "_is_profiler_enabled", True)):
         return getattr(torch.ops.fastmtl, name)
     return direct
 
