@@ -48,6 +48,58 @@ constexpr int64_t kMaxGroups = 512; // partial Gram matrices (bounded memory for
 
 // ---- Gram ---------------------------------------------------------------------------------------
 
+// Four dot products <x, y[q]> in one pass, each exactly as dot_lanes<A>(x, y[q], n) computes it
+// (same lanes, same tail, same final combination), so the Gram matrix keeps its bits. Why: one
+// dot_lanes is a single chain of dependent multiply-adds (one vector accumulator), which runs at
+// the latency of an FMA, not its throughput; four independent chains keep the units busy and read
+// x once for four products.
+template <typename A>
+FASTMTL_INLINE void dot_lanes4(const A* x, const A* const* y, int64_t n, A* out) {
+  // Eight lanes of A as one GCC vector (a YMM register for float, two for double); lane l holds
+  // exactly dot_lanes' acc[l]. Unaligned loads go through memcpy.
+  typedef A Lanes8 __attribute__((vector_size(8 * sizeof(A))));
+  const A* y0 = y[0];
+  const A* y1 = y[1];
+  const A* y2 = y[2];
+  const A* y3 = y[3];
+  Lanes8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    Lanes8 xv, v0, v1, v2, v3;
+    std::memcpy(&xv, x + i, sizeof(Lanes8));
+    std::memcpy(&v0, y0 + i, sizeof(Lanes8));
+    std::memcpy(&v1, y1 + i, sizeof(Lanes8));
+    std::memcpy(&v2, y2 + i, sizeof(Lanes8));
+    std::memcpy(&v3, y3 + i, sizeof(Lanes8));
+    a0 += xv * v0;
+    a1 += xv * v1;
+    a2 += xv * v2;
+    a3 += xv * v3;
+  }
+  const Lanes8* accs[4] = {&a0, &a1, &a2, &a3};
+  for (int q = 0; q < 4; ++q) {
+    A tail = A(0);
+    for (int64_t t = i; t < n; ++t) tail += x[t] * y[q][t];
+    const Lanes8& a = *accs[q];
+    out[q] = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7])) + tail;
+  }
+}
+
+// acc[idx[i] * K + idx[j]] += <rows[i], rows[j]> for 0 <= i <= j < m (n elements each).
+template <typename A>
+FASTMTL_INLINE void add_products(int64_t K, int64_t m, const A* const* rows, const int64_t* idx, int64_t n,
+                                 double* acc) {
+  for (int64_t i = 0; i < m; ++i) {
+    int64_t j = i;
+    for (; j + 4 <= m; j += 4) {
+      A d[4];
+      dot_lanes4<A>(rows[i], rows + j, n, d);
+      for (int q = 0; q < 4; ++q) acc[idx[i] * K + idx[j + q]] += double(d[q]);
+    }
+    for (; j < m; ++j) acc[idx[i] * K + idx[j]] += double(dot_lanes<A>(rows[i], rows[j], n));
+  }
+}
+
 // Per-thread scratch of the Gram loops.
 template <typename A>
 struct GramScratch {
@@ -56,19 +108,20 @@ struct GramScratch {
   int64_t fill = 0;      // elements in pack
   std::vector<const A*> rows;
   std::vector<int64_t> present;
+  std::vector<int64_t> all;  // 0 .. K-1: the packed block holds every task
   explicit GramScratch(int64_t K, bool convert)
-      : buf(convert ? K * kBlock : 0), pack(K * kBlock), rows(K) { present.reserve(K); }
+      : buf(convert ? K * kBlock : 0), pack(K * kBlock), rows(K), all(K) { present.reserve(K); }
 };
 
 // The products of the packed block, added into acc; the block is then empty.
 template <typename A>
 FASTMTL_INLINE void flush_pack(int64_t K, double* acc, GramScratch<A>& s) {
   if (s.fill == 0) return;
-  for (int64_t i = 0; i < K; ++i) {
-    for (int64_t j = i; j < K; ++j) {
-      acc[i * K + j] += double(dot_lanes<A>(s.pack.data() + i * kBlock, s.pack.data() + j * kBlock, s.fill));
-    }
+  for (int64_t k = 0; k < K; ++k) {
+    s.rows[k] = s.pack.data() + k * kBlock;
+    s.all[k] = k;
   }
+  add_products<A>(K, K, s.rows.data(), s.all.data(), s.fill, acc);
   s.fill = 0;
 }
 
@@ -119,11 +172,7 @@ FASTMTL_INLINE void gram_chunks(const Table& t, int64_t c0, int64_t c1, double* 
           s.rows[i] = s.buf.data() + i * kBlock;
         }
       }
-      for (int64_t i = 0; i < m; ++i) {
-        for (int64_t j = i; j < m; ++j) {
-          acc[s.present[i] * K + s.present[j]] += double(dot_lanes<A>(s.rows[i], s.rows[j], n));
-        }
-      }
+      add_products<A>(K, m, s.rows.data(), s.present.data(), n, acc);
     }
   }
   flush_pack<A>(K, acc, s);  // a group's products stay in its own partial sum

@@ -154,6 +154,21 @@ def test_packed_small_parameters_keep_missing_tasks_out():
     assert (fastmtl.gramian(finite, backend="cpu").double() - G64).abs().max() <= 1e-5 * G64.abs().max()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+def test_every_pair_rounds_the_same_in_four_wide_and_single_products(dtype):
+    # The kernel takes the products of a row with four others in one pass and the rest one at a
+    # time; which pairs go which way depends on the task order. Each product must round exactly
+    # as a single one, so permuting the tasks permutes the Gram matrix bit for bit.
+    K = 7
+    rows = per_param(K, [5, 300, 40000 + 3, 11, 65, 2] * 4, dtype, seed=9, missing={(2, 1)})
+    G = fastmtl.gramian(rows, backend="cpu")
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(3):
+        perm = torch.randperm(K, generator=gen)
+        Gp = fastmtl.gramian([rows[i] for i in perm.tolist()], backend="cpu")
+        assert torch.equal(Gp, G[perm][:, perm])
+
+
 def test_non_contiguous_inputs_and_automatic_choice():
     J = torch.randn(6, 4000, dtype=torch.float32)[::2, ::3]  # strided rows
     rows = [[J[k].view(-1)[:1000].reshape(10, 100).T] for k in range(3)]
