@@ -14,16 +14,10 @@ from .. import cpu_ops
 from ..solvers import compiled as _solvers
 from .registry import Backend, GramOperand, register_backend
 
-SOLVERS = {"min_norm_simplex": _solvers.min_norm_simplex, "project_dual_cone": _solvers.project_dual_cone,
-           "cagrad_simplex_weights": _solvers.cagrad_simplex_weights, "nash_weights": _solvers.nash_weights,
-           "symmetric_eigh": _solvers.symmetric_eigh, "project_conflicts": _solvers.project_conflicts,
-           "vaccine": _solvers.vaccine}
-
 
 def _extra_reasons(operand) -> list:
     if isinstance(operand, GramOperand):
-        why = _solvers.unavailable_reason("cpu")
-        return ([why] if why else []) + _solvers.limit_reasons(operand.num_tasks, operand.dtype)
+        return _solvers.solve_reasons("cpu", operand.num_tasks, operand.dtype)
     return []
 
 
@@ -37,7 +31,7 @@ register_backend(Backend(
     deterministic=True,
     probe=cpu_ops.unavailable_reason,
     implementations={"gramian": cpu_ops.gramian_tg, "weighted_sum": cpu_ops.weighted_sum_tg,
-                     "graddrop": cpu_ops.graddrop_tg, **SOLVERS},
+                     "graddrop": cpu_ops.graddrop_tg, **_solvers.IMPLEMENTATIONS},
     extra_reasons=_extra_reasons,
     defer=cpu_ops.defer_to_blas,
 ))

@@ -17,16 +17,10 @@ from .. import cuda as _cuda
 from ..solvers import compiled as _solvers
 from .registry import Backend, GramOperand, register_backend
 
-SOLVERS = {"min_norm_simplex": _solvers.min_norm_simplex, "project_dual_cone": _solvers.project_dual_cone,
-           "cagrad_simplex_weights": _solvers.cagrad_simplex_weights, "nash_weights": _solvers.nash_weights,
-           "symmetric_eigh": _solvers.symmetric_eigh, "project_conflicts": _solvers.project_conflicts,
-           "vaccine": _solvers.vaccine}
-
 
 def _extra_reasons(operand) -> list:
     if isinstance(operand, GramOperand):
-        why = _solvers.unavailable_reason("cuda")
-        return ([why] if why else []) + _solvers.limit_reasons(operand.num_tasks, operand.dtype)
+        return _solvers.solve_reasons("cuda", operand.num_tasks, operand.dtype)
     return _cuda.extra_reasons(operand)
 
 register_backend(Backend(
@@ -37,7 +31,7 @@ register_backend(Backend(
     # Fixed-order reductions without atomics: bitwise repeatable for a given device and build.
     deterministic=True,
     probe=_cuda.unavailable_reason,
-    implementations={"gramian": _cuda.gramian_tg, "weighted_sum": _cuda.weighted_sum_tg, **SOLVERS},
+    implementations={"gramian": _cuda.gramian_tg, "weighted_sum": _cuda.weighted_sum_tg, **_solvers.IMPLEMENTATIONS},
     extra_reasons=_extra_reasons,
 ))
 

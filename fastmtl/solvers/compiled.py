@@ -181,3 +181,16 @@ def vaccine(G: Tensor, targets: Tensor, orders: Tensor, beta: float, eps: float)
         G = G.expand(shape + G.shape[-2:])
         targets = targets.expand(shape + targets.shape[-2:])
     return _gradvac_op(G, targets, orders, float(beta), float(eps))
+
+
+#: The wrappers above by the backend registry's primitive names: what the ``cpu`` and ``cuda``
+#: backends register (each with its own availability probe).
+IMPLEMENTATIONS = {"min_norm_simplex": min_norm_simplex, "project_dual_cone": project_dual_cone,
+                   "cagrad_simplex_weights": cagrad_simplex_weights, "nash_weights": nash_weights,
+                   "symmetric_eigh": symmetric_eigh, "project_conflicts": project_conflicts, "vaccine": vaccine}
+
+
+def solve_reasons(device_type: str, num_tasks: int, dtype: torch.dtype) -> list:
+    """Why the compiled solvers cannot take a K×K problem on ``device_type`` (empty when they can)."""
+    why = unavailable_reason(device_type)
+    return ([why] if why else []) + limit_reasons(num_tasks, dtype)
