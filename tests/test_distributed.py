@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 import time
 import traceback
 from pathlib import Path
@@ -21,6 +20,7 @@ import fastmtl
 from fastmtl.distributed import shard_bounds
 from fastmtl.distributed.sharded import pack_generator_state, unpack_generator_state
 from fastmtl.methods import METHODS, Direction, DirectionMethod, WeightedPCGrad
+from _spawn import launch
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with gloo is not available")
@@ -352,25 +352,10 @@ def _worker(rank, world, port, outdir):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(world, outdir):
-    import torch.multiprocessing as mp
-
-    ctx = mp.start_processes(_worker, args=(world, _free_port(), str(outdir)), nprocs=world, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    while not ctx.join(timeout=1):
-        if time.monotonic() > deadline:
-            for p in ctx.processes:
-                if p.is_alive():
-                    p.kill()
-            pytest.fail(f"the {world}-process run did not finish within {TIMEOUT_S} s (a collective hung?)")
-    return [torch.load(os.path.join(outdir, f"rank{r}.pt"), weights_only=False) for r in range(world)]
+    codes, results = launch(_worker, world, outdir, TIMEOUT_S)
+    assert codes == [0] * world and all(r is not None for r in results), codes
+    return results
 
 
 @pytest.fixture(scope="module", params=WORLDS, ids=lambda w: f"world{w}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 import time
 
 import pytest
@@ -20,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 import fastmtl
+from _spawn import launch
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with gloo is not available")
@@ -113,30 +113,8 @@ def _worker_death(rank, world, port, outdir):
     os._exit(0)
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _launch(worker, world, outdir):
-    import torch.multiprocessing as mp
-
-    ctx = mp.start_processes(worker, args=(world, _free_port(), str(outdir)), nprocs=world, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + GUARD_S
-    for p in ctx.processes:
-        p.join(timeout=max(0.0, deadline - time.monotonic()))
-    alive = [r for r, p in enumerate(ctx.processes) if p.is_alive()]
-    for p in ctx.processes:
-        if p.is_alive():
-            p.kill()
-    if alive:
-        pytest.fail(f"ranks {alive} of the {world}-process run were still running after {GUARD_S} s (a hang)")
-    codes = [p.exitcode for p in ctx.processes]
-    results = [torch.load(os.path.join(outdir, f"rank{r}.pt"), weights_only=False)
-               if os.path.exists(os.path.join(outdir, f"rank{r}.pt")) else None for r in range(world)]
-    return codes, results
+    return launch(worker, world, outdir, GUARD_S)
 
 
 @pytest.fixture(scope="module")

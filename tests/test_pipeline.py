@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime
 import os
-import socket
 import warnings
 
 import pytest
@@ -14,6 +13,7 @@ import torch.distributed as dist
 import fastmtl
 from fastmtl.methods import HydaLearn, NashMTL, SLGrad
 from fastmtl.pipeline import LOCAL, prepare, run
+from _spawn import free_port
 
 
 def _J(K=3, D=40, seed=0):
@@ -67,19 +67,13 @@ def test_run_reports_the_backend_that_formed_the_direction():
     assert outcome.backend == "reference" and outcome.info().weights.shape == (3,)
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def world_of_one():
     """A one-process gloo group, for the collective entry points' local checks."""
     if dist.is_initialized():
         pytest.fail("a process group is already initialised in the test process")
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1,
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1,
                             timeout=datetime.timedelta(seconds=30))
     try:
         yield dist.group.WORLD

@@ -11,8 +11,6 @@ from __future__ import annotations
 import datetime
 import io
 import os
-import socket
-import time
 
 import pytest
 import torch
@@ -20,6 +18,7 @@ import torch.distributed as dist
 
 import fastmtl
 from fastmtl.methods import DBMTL, GradVac
+from _spawn import launch
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with gloo is not available")
@@ -128,29 +127,11 @@ def _stepped_unsharded(name):
     return m
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    import torch.multiprocessing as mp
-
-    outdir = tmp_path_factory.mktemp("sharded_state")
-    ctx = mp.start_processes(_worker, args=(WORLD, _free_port(), str(outdir)), nprocs=WORLD, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + GUARD_S
-    for p in ctx.processes:
-        p.join(timeout=max(0.0, deadline - time.monotonic()))
-    alive = [r for r, p in enumerate(ctx.processes) if p.is_alive()]
-    for p in ctx.processes:
-        if p.is_alive():
-            p.kill()
-    assert not alive, f"ranks {alive} still running after {GUARD_S} s (a hang)"
-    assert [p.exitcode for p in ctx.processes] == [0] * WORLD
-    return [torch.load(os.path.join(outdir, f"rank{r}.pt"), weights_only=False) for r in range(WORLD)]
+    codes, results = launch(_worker, WORLD, tmp_path_factory.mktemp("sharded_state"), GUARD_S)
+    assert codes == [0] * WORLD and all(r is not None for r in results), codes
+    return results
 
 
 def _flat(steps):

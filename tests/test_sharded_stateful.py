@@ -9,8 +9,6 @@ from __future__ import annotations
 import datetime
 import io
 import os
-import socket
-import time
 
 import pytest
 import torch
@@ -18,6 +16,7 @@ import torch.distributed as dist
 
 import fastmtl
 from fastmtl.methods import make_method
+from _spawn import launch
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with gloo is not available")
@@ -99,29 +98,11 @@ def _worker(rank, world, port, outdir):
         dist.destroy_process_group()
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    import torch.multiprocessing as mp
-
-    outdir = tmp_path_factory.mktemp("sharded_stateful")
-    ctx = mp.start_processes(_worker, args=(WORLD, _free_port(), str(outdir)), nprocs=WORLD, join=False,
-                             start_method="spawn")
-    deadline = time.monotonic() + GUARD_S
-    for p in ctx.processes:
-        p.join(timeout=max(0.0, deadline - time.monotonic()))
-    alive = [r for r, p in enumerate(ctx.processes) if p.is_alive()]
-    for p in ctx.processes:
-        if p.is_alive():
-            p.kill()
-    assert not alive, f"ranks {alive} still running after {GUARD_S} s (a hang)"
-    assert [p.exitcode for p in ctx.processes] == [0] * WORLD
-    return [torch.load(os.path.join(outdir, f"rank{r}.pt"), weights_only=False) for r in range(WORLD)]
+    codes, results = launch(_worker, WORLD, tmp_path_factory.mktemp("sharded_stateful"), GUARD_S)
+    assert codes == [0] * WORLD and all(r is not None for r in results), codes
+    return results
 
 
 def _flat(steps):
