@@ -18,3 +18,18 @@ def pytest_configure(config):
 
     config.pluginmanager.register(GpuMarkerPlugin(), "fastmtl-gpu-marker")
 # --- end gpu marker --------------------------------------------------------------------------------
+
+
+# --- one intra-op thread for modules of many tiny K×K solves ---------------------------------------
+# Intra-op threads only add synchronisation to them, which on a loaded 2-core machine costs more than
+# the arithmetic. A module opts in with pytest.mark.usefixtures("one_intra_op_thread").
+import pytest as _pytest  # noqa: E402
+
+
+@_pytest.fixture(scope="module")
+def one_intra_op_thread():
+    threads = _torch.get_num_threads()
+    _torch.set_num_threads(1)
+    yield
+    _torch.set_num_threads(threads)
+# --- end one thread --------------------------------------------------------------------------------

@@ -28,19 +28,12 @@ from fastmtl.solvers.jacobi import symmetric_eigh_reference
 from _families import FAMILIES, make_jacobian
 
 _CPU_REASON = compiled.unavailable_reason("cpu")
-pytestmark = pytest.mark.skipif(_CPU_REASON is not None, reason=f"compiled solvers unavailable: {_CPU_REASON}")
+pytestmark = [pytest.mark.skipif(_CPU_REASON is not None, reason=f"compiled solvers unavailable: {_CPU_REASON}"),
+              pytest.mark.usefixtures("one_intra_op_thread")]
 
 KS = (1, 2, 3, 4, 5, 8, 9, 11, 16, 32, 64)
 SCALES = (1e-20, 1.0, 1e20)
 TOL = 1e-9
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def jacobians(K: int):

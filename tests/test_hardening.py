@@ -20,18 +20,11 @@ from fastmtl.methods import METHODS, DirectionMethod, PCGrad, WeightedPCGrad
 from fastmtl.ops import registry
 from _families import make_jacobian, split_params
 
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
+
 DOC = Path(__file__).resolve().parents[1] / "docs" / "bad_input.md"
 GRAM_METHODS = sorted(n for n, c in METHODS.items() if c.requires_gram and not issubclass(c, DirectionMethod))
 ALL_METHODS = sorted(n for n, c in METHODS.items() if not issubclass(c, DirectionMethod))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """Thousands of tiny K×K solves: intra-op threads only add synchronisation overhead to them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # ----------------------------------------------------------------------------------------------

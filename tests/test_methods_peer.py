@@ -19,17 +19,10 @@ from fastmtl.reference import literal as L
 
 from _families import FAMILIES, make_jacobian, split_params
 
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
+
 SCALES = (1e-10, 1e-5, 1.0, 1e5, 1e10)
 
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """Many tiny K×K solves: intra-op threads only add synchronisation overhead to them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def err(d: torch.Tensor, ref: torch.Tensor, J: torch.Tensor) -> float:

@@ -21,18 +21,11 @@ from fastmtl.solvers.alpha_fair import alpha_fair_weights
 
 from _families import FAMILIES, make_jacobian
 
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
+
 SCALES = (1e-10, 1e-5, 1.0, 1e5, 1e10)
 RAW = {"multiply_by_k": False, "max_norm": 0.0}  # TorchJD's scale: the raw weights w
 
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """Many tiny K×K solves: intra-op threads only add synchronisation overhead to them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def err(d: torch.Tensor, ref: torch.Tensor, J: torch.Tensor) -> float:

@@ -48,6 +48,8 @@ from fastmtl.methods.ordering import random_task_orders
 
 from _families import make_jacobian
 
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
+
 A = pytest.importorskip("torchjd.aggregation")
 
 KS = (2, 3, 5)
@@ -87,14 +89,6 @@ ELSEWHERE_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "test_
 STEMS = {"IMTLG": "imtl_g", "AlignedMTL": "aligned_mtl", "NashMTL": "nash_mtl", "Random": "rlw",
          "TrimmedMean": "trimmed_mean", "GradDrop": "graddrop", "DualProj": "dualproj", "ConFIG": "config",
          "UPGrad": "upgrad", "FairGrad": "fairgrad", "GradVac": "gradvac", "PCGrad": "pcgrad", "CAGrad": "cagrad"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def agree(d: torch.Tensor, r: torch.Tensor, factor: float = 1.0, what: str = "") -> None:

@@ -52,6 +52,8 @@ from fastmtl.methods.ordering import random_task_orders
 
 from _families import make_jacobian
 
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
+
 if importlib.util.find_spec("LibMTL") is None:
     pytest.skip("LibMTL is not installed (pip install LibMTL --no-deps)", allow_module_level=True)
 
@@ -108,14 +110,6 @@ def agree(d, r, factor=1.0, what=""):
 
 def losses_for(K, seed=0):
     return 0.3 + torch.rand(K, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 CASES = [(family, K) for family in ("gauss", "conflict") for K in (2, 3, 5)]

@@ -25,18 +25,11 @@ from _families import make_jacobian
 from test_compiled_solvers import batch, check
 
 _CPU_REASON = compiled.unavailable_reason("cpu")
-pytestmark = pytest.mark.skipif(_CPU_REASON is not None, reason=f"compiled solvers unavailable: {_CPU_REASON}")
+pytestmark = [pytest.mark.skipif(_CPU_REASON is not None, reason=f"compiled solvers unavailable: {_CPU_REASON}"),
+              pytest.mark.usefixtures("one_intra_op_thread")]
 
 KS = (1, 2, 3, 4, 5, 8, 9, 16, 33, 64)
 TOL = 1e-9
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def orders_for(K: int, seed: int = 0) -> torch.Tensor:

@@ -18,17 +18,10 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 import fastmtl
 from fastmtl.methods import METHODS, DirectionMethod, make_method
 
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
+
 METHOD_NAMES = sorted(n for n, c in METHODS.items() if not issubclass(c, DirectionMethod))
 SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    """Thousands of tiny K×K solves: intra-op threads only add synchronisation overhead to them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @st.composite

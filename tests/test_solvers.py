@@ -23,6 +23,8 @@ from fastmtl.solvers import cagrad_simplex_weights, min_norm_simplex, nash_weigh
 from fastmtl.solvers.cagrad import _cagrad_ipm, _problem
 from fastmtl.solvers.min_norm import _min_norm_ipm, _ridged_gram
 
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
+
 FAMILIES = ("gauss", "scaled", "conflict", "aligned", "lowrank", "nearcol", "dup", "zero", "pareto")
 KS = (1, 2, 3, 4, 8, 16)
 TOL = 1e-5
@@ -114,16 +116,6 @@ def check_errors(name, K, cs, lam, ref_fn, worst):
 
 
 WORST: dict = {}  # (solver, K, is_nearcol) -> worst error seen; printed by the summary test
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # The problems are tiny: intra-op threading only adds synchronisation, which on a loaded
-    # machine costs more than the arithmetic (seconds instead of milliseconds per call).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 # --------------------------------------------------------------------------------------------------
