@@ -303,29 +303,20 @@ void graddrop_run(Args& a, const at::Tensor& leak, int64_t seed, int64_t offset,
   }
 }
 
-std::vector<at::Tensor> graddrop_cpu(const OptTensorList& tensors, int64_t num_tasks, const at::Tensor& leak,
-                                     int64_t seed, int64_t offset, double eps) {
+std::vector<at::Tensor> graddrop_entries(const Entries& tensors, int64_t num_tasks, const at::Tensor& leak,
+                                         int64_t seed, int64_t offset, double eps, bool separate) {
   const char* op = "fastmtl::graddrop_cpu";
   const Table t = make_table(tensors, num_tasks, op);
-  const at::TensorOptions options = at::TensorOptions().dtype(t.dtype);
-  std::vector<at::Tensor> parts;
-  parts.reserve(t.P);
   Args a;
   a.t = &t;
-  a.out.assign(t.P, nullptr);
+  std::vector<at::Tensor> parts = allocate_results(t, separate, a.out);
   a.out_dtype.assign(t.P, t.dtype);
-  for (int64_t p = 0; p < t.P; ++p) {
-    // One allocation per parameter: custom-op outputs must not alias one another.
-    const bool untouched = t.shape[p].empty() && t.numel[p] == 0;
-    parts.push_back(untouched ? at::empty({0}, options) : at::empty(t.shape[p], options));
-    a.out[p] = parts.back().data_ptr();
-  }
   graddrop_run(a, leak, seed, offset, eps, op);
   return parts;
 }
 
-void graddrop_cpu_out(const OptTensorList& tensors, int64_t num_tasks, const at::Tensor& leak, int64_t seed,
-                      int64_t offset, double eps, at::TensorList out) {
+void graddrop_out_entries(const Entries& tensors, int64_t num_tasks, const at::Tensor& leak, int64_t seed,
+                          int64_t offset, double eps, at::TensorList out) {
   const char* op = "fastmtl::graddrop_cpu_out";
   const Table t = make_table(tensors, num_tasks, op);
   TORCH_CHECK(int64_t(out.size()) == t.P, op, ": expected ", t.P, " out tensors (one per parameter), got ",
@@ -352,22 +343,32 @@ void graddrop_cpu_out(const OptTensorList& tensors, int64_t num_tasks, const at:
       staged.emplace_back(p, std::move(tmp));
     }
   }
-  check_out_overlap(tensors, t, out, op);
+  check_out_overlap(t, out, op);
   graddrop_run(a, leak, seed, offset, eps, op);
   for (auto& [p, tmp] : staged) out[p].copy_(tmp.view(out[p].sizes()));
+}
+
+// The ops' kernels: the same functions over the list's borrowed entries.
+std::vector<at::Tensor> graddrop_cpu(const OptTensorList& tensors, int64_t num_tasks, const at::Tensor& leak,
+                                     int64_t seed, int64_t offset, double eps) {
+  return graddrop_entries(entries_of(tensors), num_tasks, leak, seed, offset, eps, /*separate=*/true);
+}
+void graddrop_cpu_out(const OptTensorList& tensors, int64_t num_tasks, const at::Tensor& leak, int64_t seed,
+                      int64_t offset, double eps, at::TensorList out) {
+  graddrop_out_entries(entries_of(tensors), num_tasks, leak, seed, offset, eps, out);
 }
 
 }  // namespace
 
 // The same functions for the direct eager entry points (cpu_kernels.h, cpu_direct.cpp).
 namespace fastmtl_cpu {
-std::vector<at::Tensor> direct_graddrop(const OptTensorList& tensors, int64_t num_tasks, const at::Tensor& leak,
+std::vector<at::Tensor> direct_graddrop(const Entries& tensors, int64_t num_tasks, const at::Tensor& leak,
                                         int64_t seed, int64_t offset, double eps) {
-  return graddrop_cpu(tensors, num_tasks, leak, seed, offset, eps);
+  return graddrop_entries(tensors, num_tasks, leak, seed, offset, eps, /*separate=*/false);
 }
-void direct_graddrop_out(const OptTensorList& tensors, int64_t num_tasks, const at::Tensor& leak, int64_t seed,
+void direct_graddrop_out(const Entries& tensors, int64_t num_tasks, const at::Tensor& leak, int64_t seed,
                          int64_t offset, double eps, at::TensorList out) {
-  graddrop_cpu_out(tensors, num_tasks, leak, seed, offset, eps, out);
+  graddrop_out_entries(tensors, num_tasks, leak, seed, offset, eps, out);
 }
 }  // namespace fastmtl_cpu
 

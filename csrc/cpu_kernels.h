@@ -11,13 +11,13 @@
 
 namespace fastmtl_cpu {
 
-at::Tensor direct_gramian(const OptTensorList& tensors, int64_t num_tasks);
-std::vector<at::Tensor> direct_weighted_sum(const OptTensorList& tensors, int64_t num_tasks, const at::Tensor& weights);
-void direct_weighted_sum_out(const OptTensorList& tensors, int64_t num_tasks, const at::Tensor& weights,
+at::Tensor direct_gramian(const Entries& tensors, int64_t num_tasks);
+std::vector<at::Tensor> direct_weighted_sum(const Entries& tensors, int64_t num_tasks, const at::Tensor& weights);
+void direct_weighted_sum_out(const Entries& tensors, int64_t num_tasks, const at::Tensor& weights,
                              at::TensorList out);
-std::vector<at::Tensor> direct_graddrop(const OptTensorList& tensors, int64_t num_tasks, const at::Tensor& leak,
+std::vector<at::Tensor> direct_graddrop(const Entries& tensors, int64_t num_tasks, const at::Tensor& leak,
                                         int64_t seed, int64_t offset, double eps);
-void direct_graddrop_out(const OptTensorList& tensors, int64_t num_tasks, const at::Tensor& leak, int64_t seed,
+void direct_graddrop_out(const Entries& tensors, int64_t num_tasks, const at::Tensor& leak, int64_t seed,
                          int64_t offset, double eps, at::TensorList out);
 
 }  // namespace fastmtl_cpu

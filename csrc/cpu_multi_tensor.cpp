@@ -220,7 +220,7 @@ at::Tensor gram_impl(const Table& t) {
   return G;
 }
 
-at::Tensor gramian_cpu(const OptTensorList& tensors, int64_t num_tasks) {
+at::Tensor gramian_entries(const Entries& tensors, int64_t num_tasks) {
   const Table t = make_table(tensors, num_tasks, "fastmtl::gramian_cpu");
   switch (t.dtype) {
     case at::kDouble: return gram_impl<double, double>(t);
@@ -232,26 +232,93 @@ at::Tensor gramian_cpu(const OptTensorList& tensors, int64_t num_tasks) {
 
 // ---- weighted sum -------------------------------------------------------------------------------
 
+// Per-thread scratch of the weighted sum.
+template <typename A>
+struct WsumScratch {
+  A buf[kBlock];              // one block's sums (low-precision inputs or outputs)
+  std::vector<const void*> src;  // the chunk's present tasks, in task order
+  std::vector<A> w;              // their weights
+  explicit WsumScratch(int64_t K) { src.reserve(K), w.reserve(K); }
+};
+
+// dst[i] = Σ_j w[j] src[j][i] for i < n, j in order (the reference's task order; the first term is
+// added to zero, so every element rounds exactly as the sum `0 + w0 x0 + w1 x1 + ...`). All tasks
+// are summed in registers, four 8-lane vectors at a time, and each output written once: the
+// one-task-at-a-time form read and wrote an L1 buffer per task. Every input element at i is read
+// before dst[i] is written, so dst may be one of the inputs (out= into a gradient).
+template <typename A>
+FASTMTL_INLINE void weighted_rows(const A* const* src, const A* w, int64_t m, int64_t off, int64_t n, A* dst) {
+  typedef A Lanes8 __attribute__((vector_size(8 * sizeof(A))));
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    Lanes8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+    for (int64_t j = 0; j < m; ++j) {
+      const A* x = src[j] + off + i;
+      Lanes8 v0, v1, v2, v3;
+      std::memcpy(&v0, x, sizeof(Lanes8));
+      std::memcpy(&v1, x + 8, sizeof(Lanes8));
+      std::memcpy(&v2, x + 16, sizeof(Lanes8));
+      std::memcpy(&v3, x + 24, sizeof(Lanes8));
+      const A wj = w[j];
+      a0 += wj * v0;
+      a1 += wj * v1;
+      a2 += wj * v2;
+      a3 += wj * v3;
+    }
+    std::memcpy(dst + i, &a0, sizeof(Lanes8));
+    std::memcpy(dst + i + 8, &a1, sizeof(Lanes8));
+    std::memcpy(dst + i + 16, &a2, sizeof(Lanes8));
+    std::memcpy(dst + i + 24, &a3, sizeof(Lanes8));
+  }
+  for (; i + 8 <= n; i += 8) {
+    Lanes8 a0 = {};
+    for (int64_t j = 0; j < m; ++j) {
+      Lanes8 v0;
+      std::memcpy(&v0, src[j] + off + i, sizeof(Lanes8));
+      a0 += w[j] * v0;
+    }
+    std::memcpy(dst + i, &a0, sizeof(Lanes8));
+  }
+  for (; i < n; ++i) {
+    A a = A(0);
+    for (int64_t j = 0; j < m; ++j) a += w[j] * src[j][off + i];
+    dst[i] = a;
+  }
+}
+
 template <typename T, typename A, typename O>
-FASTMTL_INLINE void wsum_chunks(const Table& t, const A* lam, void* const* out, int64_t c0, int64_t c1, A* buf) {
+FASTMTL_INLINE void wsum_chunks(const Table& t, const A* lam, void* const* out, int64_t c0, int64_t c1,
+                                WsumScratch<A>& s) {
   for (int64_t c = c0; c < c1; ++c) {
     const Chunk& ch = t.chunks[c];
     O* dst = static_cast<O*>(out[ch.p]);
+    // Tasks in order 0..K-1, as the reference; a missing task adds nothing.
+    s.src.clear();
+    s.w.clear();
+    for (int64_t k = 0; k < t.K; ++k) {
+      const void* vp = t.ptr[k * t.P + ch.p];
+      if (vp == nullptr) continue;
+      s.src.push_back(vp);
+      s.w.push_back(lam[k]);
+    }
+    const int64_t m = int64_t(s.src.size());
+    if constexpr (std::is_same_v<T, A> && std::is_same_v<O, A>) {
+      weighted_rows<A>(reinterpret_cast<const A* const*>(s.src.data()), s.w.data(), m, ch.start, ch.len,
+                       dst + ch.start);
+      continue;
+    }
     for (int64_t b = 0; b < ch.len; b += kBlock) {
       const int64_t n = std::min(kBlock, ch.len - b);
       const int64_t off = ch.start + b;
-      for (int64_t i = 0; i < n; ++i) buf[i] = A(0);
-      // Tasks in order 0..K-1, as the reference; a missing task adds nothing.
-      for (int64_t k = 0; k < t.K; ++k) {
-        const void* vp = t.ptr[k * t.P + ch.p];
-        if (vp == nullptr) continue;
-        const T* src = static_cast<const T*>(vp) + off;
-        const A w = lam[k];
-        if constexpr (std::is_same_v<T, A>) {
-          for (int64_t i = 0; i < n; ++i) buf[i] += w * src[i];
-        } else {
+      A* buf = s.buf;
+      if constexpr (std::is_same_v<T, A>) {
+        weighted_rows<A>(reinterpret_cast<const A* const*>(s.src.data()), s.w.data(), m, off, n, buf);
+      } else {
+        for (int64_t i = 0; i < n; ++i) buf[i] = A(0);
+        for (int64_t j = 0; j < m; ++j) {
           A tmp[kBlock];
-          load_block<T, A>(src, tmp, n);
+          load_block<T, A>(static_cast<const T*>(s.src[j]) + off, tmp, n);
+          const A w = s.w[j];
           for (int64_t i = 0; i < n; ++i) buf[i] += w * tmp[i];
         }
       }
@@ -271,23 +338,24 @@ FASTMTL_INLINE void wsum_chunks(const Table& t, const A* lam, void* const* out, 
 }
 
 template <typename T, typename A, typename O>
-void wsum_range_default(const Table& t, const A* lam, void* const* out, int64_t c0, int64_t c1, A* buf) {
-  wsum_chunks<T, A, O>(t, lam, out, c0, c1, buf);
+void wsum_range_default(const Table& t, const A* lam, void* const* out, int64_t c0, int64_t c1,
+                        WsumScratch<A>& s) {
+  wsum_chunks<T, A, O>(t, lam, out, c0, c1, s);
 }
 
 template <typename T, typename A, typename O>
 FASTMTL_FAST_TARGET void wsum_range_fast(const Table& t, const A* lam, void* const* out, int64_t c0, int64_t c1,
-                                         A* buf) {
-  wsum_chunks<T, A, O>(t, lam, out, c0, c1, buf);
+                                         WsumScratch<A>& s) {
+  wsum_chunks<T, A, O>(t, lam, out, c0, c1, s);
 }
 
 template <typename T, typename A, typename O>
 void wsum_impl(const Table& t, const A* lam, void* const* out) {
   const bool fast = fast_cpu();
   at::parallel_for(0, int64_t(t.chunks.size()), 1, [&](int64_t c0, int64_t c1) {
-    A buf[kBlock];
-    if (fast) wsum_range_fast<T, A, O>(t, lam, out, c0, c1, buf);
-    else wsum_range_default<T, A, O>(t, lam, out, c0, c1, buf);
+    WsumScratch<A> scratch(t.K);
+    if (fast) wsum_range_fast<T, A, O>(t, lam, out, c0, c1, scratch);
+    else wsum_range_default<T, A, O>(t, lam, out, c0, c1, scratch);
   });
 }
 
@@ -317,28 +385,18 @@ void wsum_run(const Table& t, const at::Tensor& weights, void* const* out, at::S
   }
 }
 
-bool owner_missing(const Table& t, int64_t p) { return t.shape[p].empty() && t.numel[p] == 0; }
-
-std::vector<at::Tensor> weighted_sum_cpu(const OptTensorList& tensors, int64_t num_tasks, const at::Tensor& weights) {
-  // One allocation per parameter: outputs of a custom op must not alias each other (views of one
-  // flat buffer are rejected under torch.compile), and P at::empty calls here cost far less than P
-  // Python-side views of a flat result would.
+std::vector<at::Tensor> weighted_sum_entries(const Entries& tensors, int64_t num_tasks, const at::Tensor& weights,
+                                             bool separate) {
   const char* op = "fastmtl::weighted_sum_cpu";
   const Table t = make_table(tensors, num_tasks, op);
-  const at::TensorOptions options = at::TensorOptions().dtype(t.dtype);
-  std::vector<at::Tensor> parts;
-  parts.reserve(t.P);
-  std::vector<void*> out(t.P, nullptr);
-  for (int64_t p = 0; p < t.P; ++p) {
-    parts.push_back(owner_missing(t, p) ? at::empty({0}, options) : at::empty(t.shape[p], options));
-    out[p] = parts.back().data_ptr();
-  }
+  std::vector<void*> out;
+  std::vector<at::Tensor> parts = allocate_results(t, separate, out);
   wsum_run(t, weights, out.data(), t.dtype, op);
   return parts;
 }
 
-void weighted_sum_cpu_out(const OptTensorList& tensors, int64_t num_tasks, const at::Tensor& weights,
-                          at::TensorList out) {
+void weighted_sum_out_entries(const Entries& tensors, int64_t num_tasks, const at::Tensor& weights,
+                              at::TensorList out) {
   const char* op = "fastmtl::weighted_sum_cpu_out";
   const Table t = make_table(tensors, num_tasks, op);
   TORCH_CHECK(int64_t(out.size()) == t.P, op, ": expected ", t.P, " out tensors (one per parameter), got ",
@@ -365,23 +423,35 @@ void weighted_sum_cpu_out(const OptTensorList& tensors, int64_t num_tasks, const
       staged.emplace_back(p, std::move(tmp));
     }
   }
-  check_out_overlap(tensors, t, out, op);
+  check_out_overlap(t, out, op);
   if (!out_dtype) return;
   wsum_run(t, weights, dst.data(), *out_dtype, op);
   for (auto& [p, tmp] : staged) out[p].copy_(tmp.view(out[p].sizes()));
+}
+
+// The ops' kernels: the same functions over the list's borrowed entries.
+at::Tensor gramian_cpu(const OptTensorList& tensors, int64_t num_tasks) {
+  return gramian_entries(entries_of(tensors), num_tasks);
+}
+std::vector<at::Tensor> weighted_sum_cpu(const OptTensorList& tensors, int64_t num_tasks, const at::Tensor& weights) {
+  return weighted_sum_entries(entries_of(tensors), num_tasks, weights, /*separate=*/true);
+}
+void weighted_sum_cpu_out(const OptTensorList& tensors, int64_t num_tasks, const at::Tensor& weights,
+                          at::TensorList out) {
+  weighted_sum_out_entries(entries_of(tensors), num_tasks, weights, out);
 }
 
 }  // namespace
 
 // The same functions for the direct eager entry points (cpu_kernels.h, cpu_direct.cpp).
 namespace fastmtl_cpu {
-at::Tensor direct_gramian(const OptTensorList& tensors, int64_t num_tasks) { return gramian_cpu(tensors, num_tasks); }
-std::vector<at::Tensor> direct_weighted_sum(const OptTensorList& tensors, int64_t num_tasks, const at::Tensor& weights) {
-  return weighted_sum_cpu(tensors, num_tasks, weights);
+at::Tensor direct_gramian(const Entries& tensors, int64_t num_tasks) { return gramian_entries(tensors, num_tasks); }
+std::vector<at::Tensor> direct_weighted_sum(const Entries& tensors, int64_t num_tasks, const at::Tensor& weights) {
+  return weighted_sum_entries(tensors, num_tasks, weights, /*separate=*/false);
 }
-void direct_weighted_sum_out(const OptTensorList& tensors, int64_t num_tasks, const at::Tensor& weights,
+void direct_weighted_sum_out(const Entries& tensors, int64_t num_tasks, const at::Tensor& weights,
                              at::TensorList out) {
-  weighted_sum_cpu_out(tensors, num_tasks, weights, out);
+  weighted_sum_out_entries(tensors, num_tasks, weights, out);
 }
 }  // namespace fastmtl_cpu
 

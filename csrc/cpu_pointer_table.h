@@ -23,6 +23,22 @@ namespace fastmtl_cpu {
 
 using OptTensorList = c10::List<std::optional<at::Tensor>>;
 
+// The call's K x P entries, task-major; nullptr = None (or an undefined tensor). Borrowed: the
+// tensors belong to the op's argument list or to Python objects the direct entry points hold for
+// the call, so building the table costs no reference-count traffic and no allocation per tensor.
+using Entries = std::vector<const at::Tensor*>;
+
+inline Entries entries_of(const OptTensorList& tensors) {
+  Entries e;
+  e.reserve(tensors.size());
+  // Through the list's IValues: its element accessors return optional<Tensor> copies.
+  for (auto it = tensors.begin(); it != tensors.end(); ++it) {
+    const c10::IValue& v = (*it).get();
+    e.push_back(v.isTensor() && v.toTensor().defined() ? &v.toTensor() : nullptr);
+  }
+  return e;
+}
+
 constexpr int64_t kChunk = 16384;   // elements of one parameter per work item
 constexpr int64_t kBlock = 256;     // elements converted to the accumulation type at once
 
@@ -104,14 +120,17 @@ struct Chunk {
 struct Table {
   int64_t K = 0, P = 0;
   at::ScalarType dtype = at::kFloat;
+  const at::Tensor* const* in = nullptr;  // K * P, the call's Entries
   std::vector<const void*> ptr;  // K * P, nullptr = missing or empty
   std::vector<int64_t> numel;    // P
-  std::vector<std::vector<int64_t>> shape;  // P, empty for a parameter no task touches
+  std::vector<const at::Tensor*> owner;  // P: the first task's tensor (its shape), nullptr if none
   std::vector<at::Tensor> keep;  // contiguous copies of strided inputs
   std::vector<Chunk> chunks;
+
+  c10::IntArrayRef shape(int64_t p) const { return owner[p]->sizes(); }
 };
 
-inline Table make_table(const OptTensorList& tensors, int64_t num_tasks, const char* op) {
+inline Table make_table(const Entries& tensors, int64_t num_tasks, const char* op) {
   TORCH_CHECK(num_tasks >= 1, op, ": num_tasks must be at least 1, got ", num_tasks);
   const int64_t n = int64_t(tensors.size());
   TORCH_CHECK(n > 0 && n % num_tasks == 0, op, ": expected num_tasks * P entries (entry k * P + p is task k's ",
@@ -119,17 +138,17 @@ inline Table make_table(const OptTensorList& tensors, int64_t num_tasks, const c
   Table t;
   t.K = num_tasks;
   t.P = n / num_tasks;
+  t.in = tensors.data();
   t.ptr.assign(n, nullptr);
   t.numel.assign(t.P, 0);
   std::vector<int64_t> owner(t.P, -1);
-  t.shape.assign(t.P, {});
+  t.owner.assign(t.P, nullptr);
   bool have_ref = false;
   int64_t ref_k = 0, ref_p = 0;
   for (int64_t k = 0; k < t.K; ++k) {
     for (int64_t p = 0; p < t.P; ++p) {
-      const std::optional<at::Tensor> opt = tensors.get(k * t.P + p);
-      if (!opt.has_value() || !opt->defined()) continue;
-      const at::Tensor& x = *opt;
+      if (tensors[k * t.P + p] == nullptr) continue;
+      const at::Tensor& x = *tensors[k * t.P + p];
       TORCH_CHECK(x.device().is_cpu(), op, ": task ", k, ", parameter ", p, ": expected a CPU tensor, got one on ",
                   x.device());
       TORCH_CHECK(x.layout() == at::kStrided, op, ": task ", k, ", parameter ", p,
@@ -148,11 +167,11 @@ inline Table make_table(const OptTensorList& tensors, int64_t num_tasks, const c
       }
       if (owner[p] < 0) {
         owner[p] = k;
+        t.owner[p] = &x;
         t.numel[p] = x.numel();
-        t.shape[p] = x.sizes().vec();
       } else {
-        TORCH_CHECK(x.sizes().equals(t.shape[p]), op, ": task ", k, ", parameter ", p, ": shape ", x.sizes(),
-                    " differs from task ", owner[p], "'s ", c10::IntArrayRef(t.shape[p]), " for the same parameter");
+        TORCH_CHECK(x.sizes().equals(t.shape(p)), op, ": task ", k, ", parameter ", p, ": shape ", x.sizes(),
+                    " differs from task ", owner[p], "'s ", t.shape(p), " for the same parameter");
       }
       if (x.numel() == 0) continue;
       if (x.is_contiguous()) {
@@ -169,6 +188,46 @@ inline Table make_table(const OptTensorList& tensors, int64_t num_tasks, const c
     for (int64_t s = 0; s < t.numel[p]; s += kChunk) t.chunks.push_back({p, s, std::min(kChunk, t.numel[p] - s)});
   }
   return t;
+}
+
+// The per-parameter results of the weighted sum and GradDrop: shaped like the parameters, in the
+// inputs' dtype, an empty 1-D tensor for a parameter no task touches; data[p] is where parameter p's
+// elements go. separate: one allocation each, since a custom op's outputs must not alias one
+// another (the ops). Otherwise consecutive slices of one allocation (the direct entry points: P
+// allocations, frees and their allocator locks cost more than the kernels at small sizes; the GPU
+// backends' per-parameter results share one buffer too). Each slice is its own tensor (no autograd
+// view, its own version counter); the storage lives until the last of them is freed.
+inline std::vector<at::Tensor> allocate_results(const Table& t, bool separate, std::vector<void*>& data) {
+  const at::TensorOptions options = at::TensorOptions().dtype(t.dtype);
+  std::vector<at::Tensor> parts;
+  parts.reserve(t.P);
+  data.assign(t.P, nullptr);
+  if (separate) {
+    for (int64_t p = 0; p < t.P; ++p) {
+      parts.push_back(t.owner[p] == nullptr ? at::empty({0}, options) : at::empty(t.shape(p), options));
+      data[p] = parts.back().data_ptr();
+    }
+    return parts;
+  }
+  int64_t total = 0;
+  for (int64_t p = 0; p < t.P; ++p) total += t.numel[p];
+  const at::Tensor flat = at::empty({total}, options);
+  char* base = static_cast<char*>(flat.data_ptr());
+  const int64_t item = flat.element_size();
+  int64_t offset = 0;
+  for (int64_t p = 0; p < t.P; ++p) {
+    // What at::empty builds (CPU key set; autograd keys added by the constructor unless in
+    // inference mode), on the shared storage.
+    auto impl = c10::make_intrusive<c10::TensorImpl>(c10::Storage(flat.storage()),
+                                                     c10::DispatchKeySet(c10::DispatchKey::CPU), flat.dtype());
+    impl->set_storage_offset(offset);
+    if (t.owner[p] == nullptr) impl->set_sizes_contiguous({0});
+    else impl->set_sizes_contiguous(t.shape(p));
+    data[p] = base + offset * item;
+    offset += t.numel[p];
+    parts.emplace_back(std::move(impl));
+  }
+  return parts;
 }
 
 struct Span {
@@ -196,24 +255,13 @@ struct Interval {
 // out[p] may be exactly one of parameter p's inputs (same storage, strides and dtype, contiguous);
 // any other overlap of an out tensor with an input or another out tensor is an error. Inputs may
 // overlap each other (they are only read). Sorted sweep: O(n log n + overlapping pairs).
-inline void check_out_overlap(const OptTensorList& tensors, const Table& t, at::TensorList out, const char* op) {
-  std::vector<at::Tensor> inputs;
-  inputs.reserve(t.K * t.P);
+inline void check_out_overlap(const Table& t, at::TensorList out, const char* op) {
   std::vector<Interval> iv;
   iv.reserve(t.K * t.P + t.P);
   for (int64_t k = 0; k < t.K; ++k) {
     for (int64_t p = 0; p < t.P; ++p) {
-      const std::optional<at::Tensor> in = tensors.get(k * t.P + p);
-      if (!in.has_value() || !in->defined() || in->numel() == 0) continue;
-      inputs.push_back(*in);
-    }
-  }
-  size_t next = 0;
-  for (int64_t k = 0; k < t.K; ++k) {
-    for (int64_t p = 0; p < t.P; ++p) {
-      const std::optional<at::Tensor> in = tensors.get(k * t.P + p);
-      if (!in.has_value() || !in->defined() || in->numel() == 0) continue;
-      const at::Tensor* x = &inputs[next++];
+      const at::Tensor* x = t.in[k * t.P + p];
+      if (x == nullptr || x->numel() == 0) continue;
       iv.push_back({span_of(*x), p, k, x});
     }
   }

@@ -74,6 +74,21 @@ def _op(name: str):
     return direct
 
 
+def _kernel(name: str, tg: TaskGradients) -> tuple:
+    """``(callable, tensors)``: :func:`_op`'s callable for ``name`` and ``tg``'s gradients in the form it
+    takes: the direct entry point reads the K rows as they are, the op takes the flat task-major list
+    (which costs a Python pass over the K × P entries)."""
+    fn = _op(name)
+    return fn, (tg.entries if fn is _DIRECT.get(name) else task_major_entries(tg))
+
+
+def _drop_untouched(parts: list, tg: TaskGradients) -> list:
+    """The kernels' per-parameter results with ``None`` where no task touches the parameter."""
+    if None not in tg.shapes:
+        return parts
+    return [None if shape is None else part for part, shape in zip(parts, tg.shapes)]
+
+
 def unavailable_reason() -> Optional[str]:
     """``None`` when the CPU kernels are registered, else why not."""
     if _C is None:
@@ -124,22 +139,24 @@ if _C is not None and all(hasattr(torch.ops.fastmtl, name) for name in OP_NAMES)
 
 def gramian_tg(tg: TaskGradients) -> torch.Tensor:
     """Gram matrix of validated task gradients; same contract as ``gramian_ref``."""
-    return _op("gramian_cpu")(task_major_entries(tg), tg.num_tasks)
+    fn, tensors = _kernel("gramian_cpu", tg)
+    return fn(tensors, tg.num_tasks)
 
 
 def weighted_sum_tg(tg: TaskGradients, weights: torch.Tensor,
                     out: Optional[Sequence[Optional[torch.Tensor]]] = None) -> list:
     """``Σ_k weights[k] g_k[p]`` per parameter; same contract as ``weighted_sum_ref``.
 
-    Without ``out``: one new tensor per parameter (``None`` where no task has one). With ``out``:
+    Without ``out``: one new tensor per parameter (``None`` where no task has one); in plain eager
+    mode these are consecutive slices of one allocation, each its own tensor. With ``out``:
     written in place (one call per distinct dtype among the ``out`` tensors, normally one).
     """
     K = tg.num_tasks
     if weights.device != tg.device:
         weights = weights.to(tg.device)
     if out is None:
-        parts = _op("weighted_sum_cpu")(task_major_entries(tg), K, weights)
-        return [None if shape is None else part for part, shape in zip(parts, tg.shapes)]
+        fn, tensors = _kernel("weighted_sum_cpu", tg)
+        return _drop_untouched(fn(tensors, K, weights), tg)
     return weighted_sum_into(tg, weights, out, _op("weighted_sum_cpu_out"))
 
 
@@ -150,7 +167,7 @@ def graddrop_tg(tg: TaskGradients, seed: int, offset: int = 0, leak: Optional[to
     Element ``i`` of parameter ``p`` draws the Philox uniform of counter ``offset + base_p + i``
     (``base_p``: elements of the parameters before ``p``; parameters no task touches count 0).
     Without ``out``: one new tensor per parameter in the gradients' dtype (``None`` where no task
-    has one). With ``out``: written in place, one call whatever the ``out`` dtypes.
+    has one; slices of one allocation in plain eager mode). With ``out``: written in place, one call whatever the ``out`` dtypes.
     """
     seed, offset = int(seed), int(offset)
     if not 0 <= seed < 2 ** 63:
@@ -166,14 +183,15 @@ def graddrop_tg(tg: TaskGradients, seed: int, offset: int = 0, leak: Optional[to
         if leak.device != tg.device:
             leak = leak.to(tg.device)
     if out is None:
-        parts = _op("graddrop_cpu")(task_major_entries(tg), K, leak, seed, offset, float(eps))
-        return [None if shape is None else part for part, shape in zip(parts, tg.shapes)]
+        fn, tensors = _kernel("graddrop_cpu", tg)
+        return _drop_untouched(fn(tensors, K, leak, seed, offset, float(eps)), tg)
     targets = list(out)
     # Parameters no task touches have no elements and shift no counter: leaving them out of the
     # call (their out entries may be None) changes no random number.
     active = [p for p, shape in enumerate(tg.shapes) if shape is not None]
     if len(active) == tg.num_params:
-        _op("graddrop_cpu_out")(task_major_entries(tg), K, leak, seed, offset, float(eps), targets)
+        fn, tensors = _kernel("graddrop_cpu_out", tg)
+        fn(tensors, K, leak, seed, offset, float(eps), targets)
     elif active:
         _op("graddrop_cpu_out")(task_major_entries(tg, active), K, leak, seed, offset, float(eps),
                                  [targets[p] for p in active])

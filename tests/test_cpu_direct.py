@@ -137,3 +137,67 @@ def test_the_ops_run_wherever_the_dispatcher_does_something():
     with torch.autograd.profiler.profile():
         assert cpu_ops._op("weighted_sum_cpu") is not cpu_ops._DIRECT["weighted_sum_cpu"]
     assert cpu_ops._op("gramian_cpu") is cpu_ops._DIRECT["gramian_cpu"]
+
+
+def _rows(entries):
+    P = len(entries) // K
+    return [entries[k * P:(k + 1) * P] for k in range(K)]
+
+
+@pytest.mark.parametrize("form", ["list_rows", "tuple_rows"])
+def test_rows_form_gives_the_flat_forms_bits(form):
+    entries = _entries()
+    rows = _rows(entries)
+    if form == "tuple_rows":
+        rows = tuple(tuple(r) for r in rows)
+    lam = torch.tensor([0.5, -1.25, 2.0])
+    assert torch.equal(_direct("gramian_cpu")(rows, K), _op("gramian_cpu")(entries, K))
+    a = _direct("weighted_sum_cpu")(rows, K, lam)
+    b = _op("weighted_sum_cpu")(entries, K, lam)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    args = (K, torch.zeros(K), 11, 0, 1e-7)
+    a = _direct("graddrop_cpu")(rows, *args)
+    b = _op("graddrop_cpu")(entries, *args)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_rows_form_errors():
+    rows = _rows(_entries())
+    with pytest.raises(RuntimeError, match="got 2 rows for num_tasks = 3"):
+        _direct("gramian_cpu")(rows[:2], K)
+    ragged = [rows[0], rows[1][:-1], rows[2]]
+    with pytest.raises(RuntimeError, match="row 1 has 4 entries, row 0 has 5"):
+        _direct("gramian_cpu")(ragged, K)
+    with pytest.raises(TypeError, match=r"tensors\[1\] must be a list or tuple \(a row\)"):
+        _direct("gramian_cpu")([rows[0], torch.zeros(3), rows[2]], K)
+
+
+@pytest.mark.parametrize("name", ["weighted_sum_cpu", "graddrop_cpu"])
+def test_direct_results_are_independent_slices_of_one_buffer(name):
+    # The direct entry points return one allocation cut into per-parameter tensors: each must behave
+    # as a tensor of its own (writes stay in it, its own version counter, usable as a .grad).
+    entries = _entries()
+    extra = (torch.ones(K),) if name == "weighted_sum_cpu" else (torch.zeros(K), 5, 0, 1e-7)
+    parts = _direct(name)(entries, K, *extra)
+    expected = [p.clone() for p in parts]
+    assert len({p.untyped_storage().data_ptr() for p in parts}) == 1
+    assert all(p.is_contiguous() and p.shape == s for p, s in zip(parts, SHAPES))
+    parts[1].fill_(123.0)
+    assert parts[1]._version == 1 and all(p._version == 0 for i, p in enumerate(parts) if i != 1)
+    assert all(torch.equal(p, e) for i, (p, e) in enumerate(zip(parts, expected)) if i != 1)
+    param = torch.nn.Parameter(torch.zeros(SHAPES[4]))
+    param.grad = parts[4]
+    (param * 2).sum().backward()
+    assert torch.equal(param.grad, expected[4] + 2)
+    del parts, param
+    # The storage outlives the list while any slice is alive.
+    keep = _direct(name)(entries, K, *extra)[4]
+    assert torch.equal(keep, expected[4])
+
+
+def test_direct_results_in_inference_mode_are_inference_tensors():
+    with torch.inference_mode():
+        parts = _direct("weighted_sum_cpu")(_entries(), K, torch.ones(K))
+    assert all(p.is_inference() for p in parts)
+    parts = _direct("weighted_sum_cpu")(_entries(), K, torch.ones(K))
+    assert not any(p.is_inference() for p in parts)
