@@ -232,28 +232,38 @@ at::Tensor gramian_entries(const Entries& tensors, int64_t num_tasks) {
 
 // ---- weighted sum -------------------------------------------------------------------------------
 
+constexpr int64_t kPrefetch = 512;     // elements ahead of the current position, per input stream
+constexpr int64_t kGroup = 8;          // tasks summed in registers in one pass
+constexpr int64_t kGroupBlock = 1024;  // elements per block when there are more tasks (L1-resident sums)
+
 // Per-thread scratch of the weighted sum.
 template <typename A>
 struct WsumScratch {
-  A buf[kBlock];              // one block's sums (low-precision inputs or outputs)
+  A block[kBlock];              // one block's sums before a cast (low-precision inputs or outputs)
+  A partial[kGroupBlock];       // the running sums of more than kGroup tasks
   std::vector<const void*> src;  // the chunk's present tasks, in task order
   std::vector<A> w;              // their weights
   explicit WsumScratch(int64_t K) { src.reserve(K), w.reserve(K); }
 };
 
-// dst[i] = Σ_j w[j] src[j][i] for i < n, j in order (the reference's task order; the first term is
-// added to zero, so every element rounds exactly as the sum `0 + w0 x0 + w1 x1 + ...`). All tasks
-// are summed in registers, four 8-lane vectors at a time, and each output written once: the
-// one-task-at-a-time form read and wrote an L1 buffer per task. Every input element at i is read
-// before dst[i] is written, so dst may be one of the inputs (out= into a gradient).
+// acc[i] (+)= Σ_j w[j] src[j][off + i] for i < n, j < m <= kGroup in order; first: acc starts at 0.
 template <typename A>
-FASTMTL_INLINE void weighted_rows(const A* const* src, const A* w, int64_t m, int64_t off, int64_t n, A* dst) {
+FASTMTL_INLINE void weighted_group(const A* const* src, const A* w, int64_t m, int64_t off, int64_t n, bool first,
+                                   A* acc_out) {
   typedef A Lanes8 __attribute__((vector_size(8 * sizeof(A))));
   int64_t i = 0;
   for (; i + 32 <= n; i += 32) {
     Lanes8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+    if (!first) {
+      std::memcpy(&a0, acc_out + i, sizeof(Lanes8));
+      std::memcpy(&a1, acc_out + i + 8, sizeof(Lanes8));
+      std::memcpy(&a2, acc_out + i + 16, sizeof(Lanes8));
+      std::memcpy(&a3, acc_out + i + 24, sizeof(Lanes8));
+    }
     for (int64_t j = 0; j < m; ++j) {
       const A* x = src[j] + off + i;
+      __builtin_prefetch(x + kPrefetch);
+      __builtin_prefetch(x + kPrefetch + 64 / sizeof(A));
       Lanes8 v0, v1, v2, v3;
       std::memcpy(&v0, x, sizeof(Lanes8));
       std::memcpy(&v1, x + 8, sizeof(Lanes8));
@@ -265,24 +275,53 @@ FASTMTL_INLINE void weighted_rows(const A* const* src, const A* w, int64_t m, in
       a2 += wj * v2;
       a3 += wj * v3;
     }
-    std::memcpy(dst + i, &a0, sizeof(Lanes8));
-    std::memcpy(dst + i + 8, &a1, sizeof(Lanes8));
-    std::memcpy(dst + i + 16, &a2, sizeof(Lanes8));
-    std::memcpy(dst + i + 24, &a3, sizeof(Lanes8));
+    std::memcpy(acc_out + i, &a0, sizeof(Lanes8));
+    std::memcpy(acc_out + i + 8, &a1, sizeof(Lanes8));
+    std::memcpy(acc_out + i + 16, &a2, sizeof(Lanes8));
+    std::memcpy(acc_out + i + 24, &a3, sizeof(Lanes8));
   }
   for (; i + 8 <= n; i += 8) {
     Lanes8 a0 = {};
+    if (!first) std::memcpy(&a0, acc_out + i, sizeof(Lanes8));
     for (int64_t j = 0; j < m; ++j) {
       Lanes8 v0;
       std::memcpy(&v0, src[j] + off + i, sizeof(Lanes8));
       a0 += w[j] * v0;
     }
-    std::memcpy(dst + i, &a0, sizeof(Lanes8));
+    std::memcpy(acc_out + i, &a0, sizeof(Lanes8));
   }
   for (; i < n; ++i) {
-    A a = A(0);
+    A a = first ? A(0) : acc_out[i];
     for (int64_t j = 0; j < m; ++j) a += w[j] * src[j][off + i];
-    dst[i] = a;
+    acc_out[i] = a;
+  }
+}
+
+// dst[i] = Σ_j w[j] src[j][off + i] for i < n, j in order (the reference's task order; the first
+// term is added to zero, so every element rounds exactly as `0 + w0 x0 + w1 x1 + ...`). Up to
+// kGroup tasks are summed in registers and each output written once (adding one task at a time
+// through memory read and wrote the sums once per task). More tasks go through an L1 block in
+// groups of kGroup, the partial sums kept exactly (A throughout), so the bits do not depend on the
+// grouping; more than ~8 input streams at once stall the hardware prefetchers. Every input of a
+// block is read before the block of dst is written, so dst may be one of the inputs (out= into a
+// gradient). partial: kGroupBlock elements of scratch.
+template <typename A>
+FASTMTL_INLINE void weighted_rows(const A* const* src, const A* w, int64_t m, int64_t off, int64_t n, A* dst,
+                                  A* partial) {
+  if (m <= kGroup) {
+    if (m == 0) {
+      std::memset(dst, 0, size_t(n) * sizeof(A));
+      return;
+    }
+    weighted_group<A>(src, w, m, off, n, true, dst);
+    return;
+  }
+  for (int64_t b = 0; b < n; b += kGroupBlock) {
+    const int64_t len = std::min(kGroupBlock, n - b);
+    for (int64_t g = 0; g < m; g += kGroup) {
+      weighted_group<A>(src + g, w + g, std::min(kGroup, m - g), off + b, len, g == 0, partial);
+    }
+    std::memcpy(dst + b, partial, size_t(len) * sizeof(A));
   }
 }
 
@@ -304,15 +343,15 @@ FASTMTL_INLINE void wsum_chunks(const Table& t, const A* lam, void* const* out, 
     const int64_t m = int64_t(s.src.size());
     if constexpr (std::is_same_v<T, A> && std::is_same_v<O, A>) {
       weighted_rows<A>(reinterpret_cast<const A* const*>(s.src.data()), s.w.data(), m, ch.start, ch.len,
-                       dst + ch.start);
+                       dst + ch.start, s.partial);
       continue;
     }
     for (int64_t b = 0; b < ch.len; b += kBlock) {
       const int64_t n = std::min(kBlock, ch.len - b);
       const int64_t off = ch.start + b;
-      A* buf = s.buf;
+      A* buf = s.block;
       if constexpr (std::is_same_v<T, A>) {
-        weighted_rows<A>(reinterpret_cast<const A* const*>(s.src.data()), s.w.data(), m, off, n, buf);
+        weighted_rows<A>(reinterpret_cast<const A* const*>(s.src.data()), s.w.data(), m, off, n, buf, s.partial);
       } else {
         for (int64_t i = 0; i < n; ++i) buf[i] = A(0);
         for (int64_t j = 0; j < m; ++j) {
@@ -375,13 +414,14 @@ void wsum_run(const Table& t, const at::Tensor& weights, void* const* out, at::S
               weights.sizes());
   TORCH_CHECK(at::isFloatingType(weights.scalar_type()), op, ": weights must be floating point, got ",
               weights.scalar_type());
-  const at::ScalarType acc = t.dtype == at::kDouble ? at::kDouble : at::kFloat;
-  const at::Tensor lam = weights.reshape({t.K}).to(acc).contiguous();
+  if (t.dtype == at::kDouble) {
+    return wsum_dispatch_out<double, double>(t, values_as<double>(weights).data(), out, out_dtype);
+  }
+  const std::vector<float> lam = values_as<float>(weights);
   switch (t.dtype) {
-    case at::kDouble: return wsum_dispatch_out<double, double>(t, lam.data_ptr<double>(), out, out_dtype);
-    case at::kHalf: return wsum_dispatch_out<c10::Half, float>(t, lam.data_ptr<float>(), out, out_dtype);
-    case at::kBFloat16: return wsum_dispatch_out<c10::BFloat16, float>(t, lam.data_ptr<float>(), out, out_dtype);
-    default: return wsum_dispatch_out<float, float>(t, lam.data_ptr<float>(), out, out_dtype);
+    case at::kHalf: return wsum_dispatch_out<c10::Half, float>(t, lam.data(), out, out_dtype);
+    case at::kBFloat16: return wsum_dispatch_out<c10::BFloat16, float>(t, lam.data(), out, out_dtype);
+    default: return wsum_dispatch_out<float, float>(t, lam.data(), out, out_dtype);
   }
 }
 

@@ -109,6 +109,34 @@ FASTMTL_INLINE A dot_lanes(const A* x, const A* y, int64_t n) {
   return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail;
 }
 
+// The K values of a small floating tensor (weights, GradDrop's leak) as A, rounded as .to(A) rounds
+// (to nearest). Read in place when contiguous: an ATen conversion op per call costs more than the
+// kernels at small sizes.
+template <typename A>
+inline std::vector<A> values_as(const at::Tensor& x) {
+  const at::Tensor c = x.is_contiguous() ? x : x.contiguous();
+  const int64_t n = c.numel();
+  std::vector<A> v(static_cast<size_t>(n));
+  const void* data = c.const_data_ptr();
+  switch (c.scalar_type()) {
+    case at::kDouble: for (int64_t i = 0; i < n; ++i) v[i] = static_cast<A>(static_cast<const double*>(data)[i]); break;
+    case at::kFloat: for (int64_t i = 0; i < n; ++i) v[i] = static_cast<A>(static_cast<const float*>(data)[i]); break;
+    case at::kHalf:
+      for (int64_t i = 0; i < n; ++i) v[i] = static_cast<A>(static_cast<float>(static_cast<const c10::Half*>(data)[i]));
+      break;
+    case at::kBFloat16:
+      for (int64_t i = 0; i < n; ++i) {
+        v[i] = static_cast<A>(static_cast<float>(static_cast<const c10::BFloat16*>(data)[i]));
+      }
+      break;
+    default: {  // other floating types: through ATen
+      const at::Tensor d = c.to(at::kDouble);
+      for (int64_t i = 0; i < n; ++i) v[i] = static_cast<A>(d.const_data_ptr<double>()[i]);
+    }
+  }
+  return v;
+}
+
 // ---- the work list --------------------------------------------------------------------------------
 
 struct Chunk {

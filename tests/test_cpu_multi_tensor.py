@@ -179,7 +179,7 @@ def test_non_contiguous_inputs_and_automatic_choice():
     M = torch.randn(3, 100)
     assert select("gramian", canonicalize(M)).name == "reference"  # one GEMM in BLAS
     assert select("gramian", canonicalize(list(M))).name == "cpu"
-    assert select("weighted_sum", canonicalize(M)).name == "reference"  # one GEMV in BLAS
+    assert select("weighted_sum", canonicalize(M)).name == "cpu"  # the kernel outruns BLAS's GEMV
     assert select("gramian", canonicalize(M.double())).name == "reference"
     assert select("weighted_sum", canonicalize(M.bfloat16())).name == "cpu"
 
@@ -192,3 +192,18 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.fastmtl.weighted_sum_cpu.default, (flat, 3, lam))
     out = [torch.empty(5), torch.empty(33), torch.empty(1), torch.empty(4)]
     torch.library.opcheck(torch.ops.fastmtl.weighted_sum_cpu_out.default, (flat, 3, lam, out))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_weights_of_any_floating_dtype_and_layout_round_as_their_conversion(dtype):
+    # The kernel reads the K weights in place and converts them itself: the result must be what the
+    # converted weights give, for every floating dtype, shape and stride the op accepts.
+    rows = per_param(3, [5, 33, 1, 70], dtype, seed=4, missing={(1, 2)})
+    acc = torch.float64 if dtype == torch.float64 else torch.float32
+    base = torch.tensor([0.1, -1.3, 2.7], dtype=torch.float64)
+    variants = [base, base.float(), base.half(), base.bfloat16(),
+                torch.stack([base, base]).T[:, 0], base.repeat_interleave(2)[::2]]
+    for w in variants:
+        expected = fastmtl.weighted_sum(rows, w.reshape(-1).contiguous().to(acc), backend="cpu")
+        got = fastmtl.weighted_sum(rows, w, backend="cpu")
+        assert all(torch.equal(a, b) for a, b in zip(got, expected)), (w.dtype, w.shape, w.stride())

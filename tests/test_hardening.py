@@ -17,6 +17,7 @@ import torch
 
 import fastmtl
 from fastmtl.methods import METHODS, DirectionMethod, PCGrad, WeightedPCGrad
+from fastmtl.gradients import canonicalize
 from fastmtl.ops import registry
 from _families import make_jacobian, split_params
 
@@ -560,9 +561,13 @@ def test_deterministic_mode_end_to_end():
         try:
             results = [fastmtl.combine(J, m, generator=torch.Generator().manual_seed(1), return_info=True)
                        for m in ("upgrad", "pcgrad") for _ in range(2)]
+            # What remains: the CPU kernel forms the direction of a float32 matrix (the reference
+            # where the extension is missing).
+            expected = registry.select("weighted_sum", canonicalize(J)).name
         finally:
             torch.use_deterministic_algorithms(False)
-        assert calls == [] and all(i.backend == "reference" for _, i in results)
+        assert expected in ("cpu", "reference")
+        assert calls == [] and all(i.backend == expected for _, i in results)
         for (d1, i1), (d2, i2) in (results[:2], results[2:]):
             assert torch.equal(d1, d2) and torch.equal(i1.weights, i2.weights)
     finally:

@@ -10,7 +10,10 @@ per-parameter tensors, and every method that TorchJD also provides, one row hold
   ``×floor`` = fastmtl / floor;
 * ``TorchJD ms`` and ``×faster than TorchJD`` = TorchJD / fastmtl. TorchJD's aggregators take a
   matrix, so TorchJD is timed on the ``[K, D]`` matrix in both layouts (the ``torch.cat`` its users
-  would need for per-parameter gradients is not counted: the comparison favours TorchJD there).
+  would need for per-parameter gradients is not counted: the comparison favours TorchJD there);
+* for the 200-tensor layout, ``TorchJD+cat ms`` and ``×faster than TorchJD+cat``: what a TorchJD
+  user with per-parameter gradients runs (:func:`torchjd_on_parameters`: each task's gradients
+  concatenated into a row, the aggregator, the direction split back into per-parameter views).
 
 Timings are interleaved: every round times each contender once (median of a few calls), and the
 table shows the median over rounds, so load on a shared machine hits all contenders alike. A second
@@ -81,6 +84,16 @@ class LatencyRow:
     ratio_floor: float
     torchjd_ms: Optional[float]
     speedup_vs_torchjd: Optional[float]
+    torchjd_cat_ms: Optional[float] = None
+    speedup_vs_torchjd_cat: Optional[float] = None
+
+
+def torchjd_on_parameters(aggregator: Callable, grads: list) -> list:
+    """TorchJD on per-parameter gradients as its users run it: ``torch.cat`` of each task's gradients
+    into the rows of a ``[K, D]`` matrix, the aggregator, and the direction split back per parameter."""
+    J = torch.stack([torch.cat([g.reshape(-1) for g in row]) for row in grads])
+    d = aggregator(J)
+    return [part.view(g.shape) for part, g in zip(d.split([g.numel() for g in grads[0]]), grads[0])]
 
 
 def _interleaved(fns: Dict[str, Callable], rounds: int, reps: int) -> Dict[str, float]:
@@ -115,18 +128,24 @@ def run_point(K: int, D: int, layout: str, methods: Optional[List[str]] = None, 
         if name in peers:
             agg = peers[name]
             fns["torchjd"] = lambda agg=agg: agg(J)
+            if layout == "params":
+                fns["torchjd_cat"] = lambda agg=agg: torchjd_on_parameters(agg, grads)
         try:
             t = _interleaved(fns, rounds, reps)
         except Exception as exc:  # a peer failing must not stop the table
             print(f"  {name} K={K} D={D:.0e} {layout}: {exc!r}; without TorchJD", file=sys.stderr)
             fns.pop("torchjd", None)
+            fns.pop("torchjd_cat", None)
             t = _interleaved(fns, rounds, reps)
         jd = t.get("torchjd")
+        jd_cat = t.get("torchjd_cat")
         rows.append(LatencyRow(K=K, D=D, layout=layout, method=name, backend=info.backend,
                                solve_us=None if "solve" not in t else t["solve"] * 1e6, ms=t["fastmtl"] * 1e3,
                                floor_ms=t["floor"] * 1e3, ratio_floor=t["fastmtl"] / t["floor"],
                                torchjd_ms=None if jd is None else jd * 1e3,
-                               speedup_vs_torchjd=None if jd is None else jd / t["fastmtl"]))
+                               speedup_vs_torchjd=None if jd is None else jd / t["fastmtl"],
+                               torchjd_cat_ms=None if jd_cat is None else jd_cat * 1e3,
+                               speedup_vs_torchjd_cat=None if jd_cat is None else jd_cat / t["fastmtl"]))
     return rows
 
 
@@ -175,11 +194,12 @@ def _f(x, spec):
 
 def format_latency(rows: List[LatencyRow]) -> str:
     lines = ["| K | D | layout | method | backend | solve µs | fastmtl ms | floor ms | ×floor | TorchJD ms | "
-             "×faster than TorchJD |", "|" + "---|" * 11]
+             "×faster than TorchJD | TorchJD+cat ms | ×faster than TorchJD+cat |", "|" + "---|" * 13]
     for r in rows:
         lines.append(f"| {r.K} | {r.D:.0e} | {r.layout} | {r.method} | {r.backend} | {_f(r.solve_us, '.0f')} | "
                      f"{r.ms:.3f} | {r.floor_ms:.3f} | {r.ratio_floor:.2f} | {_f(r.torchjd_ms, '.3f')} | "
-                     f"{_f(r.speedup_vs_torchjd, '.2f')} |")
+                     f"{_f(r.speedup_vs_torchjd, '.2f')} | {_f(r.torchjd_cat_ms, '.3f')} | "
+                     f"{_f(r.speedup_vs_torchjd_cat, '.2f')} |")
     return "\n".join(lines)
 
 

@@ -12,7 +12,9 @@ probe, and per-primitive implementations. Selection for one call, first match wi
 An explicit request (1–3) that cannot run raises ``RuntimeError`` listing every backend's reasons;
 automatic selection never fails because the reference runs everywhere. Under
 ``torch.use_deterministic_algorithms(True)`` automatic selection skips backends that are not
-bitwise deterministic.
+bitwise deterministic. Automatic choices are cached per :func:`selection_key` (primitive, kind of
+operand, device type, dtype, K, determinism) and the cache is cleared whenever a backend or an
+implementation is registered: a call pays a dictionary look-up, not a selection.
 
 Besides the hot-path primitives over task gradients (``gramian``, ``weighted_sum``, ...), backends
 implement the K×K solver primitives of :mod:`fastmtl.solvers`, which see only the Gram matrix: they
@@ -62,6 +64,8 @@ class Backend:
     deterministic: bool
     probe: Callable[[], Optional[str]]  # returns None when usable, else why not
     implementations: Dict[str, Callable] = field(default_factory=dict)
+    # Input-dependent limits. Hazard: like ``defer``, it may look at nothing of the operand that
+    # selection_key leaves out (automatic choices are cached under that key).
     extra_reasons: Optional[Callable[[Operand], List[str]]] = None
     # Devices on which automatic selection may pick this backend (default: all of ``devices``).
     # The Triton interpreter runs on CPU tensors but is far slower than the reference there, so
@@ -109,12 +113,27 @@ _CONTEXT_STACK: List[str] = []
 _ENV_CHOICE: List[Optional[str]] = []
 # (solver, device type, dtype, K, request, deterministic-only) -> implementation.
 _SOLVER_CHOICE: Dict[tuple, Callable] = {}
+# Automatic choices: selection_key(primitive, operand, deterministic-only) -> backend.
+_AUTO_CHOICE: Dict[tuple, "Backend"] = {}
+
+
+def _clear_choices() -> None:
+    _SOLVER_CHOICE.clear()
+    _AUTO_CHOICE.clear()
+
+
+def selection_key(primitive: str, tg: Operand, deterministic_only: bool) -> tuple:
+    """Everything automatic selection may depend on. A backend's ``extra_reasons`` and ``defer``
+    must look at nothing else of the operand: its device type, dtype, number of tasks, and whether
+    it is a single ``[K, D]`` matrix or only a Gram matrix (the choice is cached under this key)."""
+    kind = "gram" if isinstance(tg, GramOperand) else ("matrix" if tg.matrix is not None else "entries")
+    return (primitive, kind, tg.device.type, tg.dtype, tg.num_tasks, deterministic_only)
 
 
 def register_backend(backend: Backend) -> Backend:
     _BACKENDS[backend.name] = backend
     _BY_PRIORITY[:] = sorted(_BACKENDS.values(), key=lambda b: -b.priority)
-    _SOLVER_CHOICE.clear()
+    _clear_choices()
     return backend
 
 
@@ -122,13 +141,13 @@ def unregister_backend(name: str) -> Backend:
     """Remove the backend ``name`` (e.g. one registered for a test); returns it."""
     backend = _BACKENDS.pop(name)
     _BY_PRIORITY[:] = sorted(_BACKENDS.values(), key=lambda b: -b.priority)
-    _SOLVER_CHOICE.clear()
+    _clear_choices()
     return backend
 
 
 def register_implementation(backend_name: str, primitive: str, fn: Callable) -> None:
     _BACKENDS[backend_name].implementations[primitive] = fn
-    _SOLVER_CHOICE.clear()
+    _clear_choices()
 
 
 def get_backend(name: str) -> Backend:
@@ -197,6 +216,15 @@ def select(primitive: str, tg: Operand, explicit: Optional[str] = None, *, fallb
             raise RuntimeError(f"backend {name!r} (from the {source}) cannot run {primitive} on these inputs: "
                                f"{', '.join(reasons)}. Every backend: {report}")
     deterministic_only = torch.are_deterministic_algorithms_enabled()
+    key = selection_key(primitive, tg, deterministic_only)
+    cached = _AUTO_CHOICE.get(key)
+    if cached is not None:
+        return cached
+    _AUTO_CHOICE[key] = chosen = _automatic(primitive, tg, deterministic_only)
+    return chosen
+
+
+def _automatic(primitive: str, tg: Operand, deterministic_only: bool) -> Backend:
     for backend in _BY_PRIORITY:
         if deterministic_only and not backend.deterministic:
             continue
