@@ -196,18 +196,3 @@ def graddrop_tg(tg: TaskGradients, seed: int, offset: int = 0, leak: Optional[to
         _op("graddrop_cpu_out")(task_major_entries(tg, active), K, leak, seed, offset, float(eps),
                                  [targets[p] for p in active])
     return targets
-
-
-def defer_to_blas(primitive: str, tg: TaskGradients) -> bool:
-    """Whether automatic selection leaves ``primitive`` on ``tg`` to the reference (BLAS).
-
-    The Gram matrix of a single ``[K, D]`` float32/float64 matrix goes to BLAS (one GEMM, as fast as
-    the kernel at 1 thread), so near-singular Gram matrices round exactly as plain PyTorch's (ConFIG
-    on rank-1 task sets is sensitive to the last bit of G). Its weighted sum takes the kernel: all
-    tasks summed in registers, each output written once, is faster than BLAS's GEMV here (K = 2–8,
-    D = 1e5–1e6, one thread: 0.7–0.8×). Low-precision matrices and every per-parameter or K-vector
-    input take the kernels for both.
-    """
-    if primitive != "gramian":
-        return False  # the weighted sum, the K×K solvers and any other primitive: never deferred
-    return tg.matrix is not None and tg.dtype in (torch.float32, torch.float64)

@@ -177,10 +177,11 @@ def test_non_contiguous_inputs_and_automatic_choice():
     torch.testing.assert_close(fastmtl.weighted_sum(rows, lam, backend="cpu")[0],
                                fastmtl.weighted_sum(rows, lam, backend="reference")[0])
     M = torch.randn(3, 100)
-    assert select("gramian", canonicalize(M)).name == "reference"  # one GEMM in BLAS
+    # The kernels outrun BLAS's GEMM and GEMV on a flat matrix too.
+    assert select("gramian", canonicalize(M)).name == "cpu"
     assert select("gramian", canonicalize(list(M))).name == "cpu"
-    assert select("weighted_sum", canonicalize(M)).name == "cpu"  # the kernel outruns BLAS's GEMV
-    assert select("gramian", canonicalize(M.double())).name == "reference"
+    assert select("weighted_sum", canonicalize(M)).name == "cpu"
+    assert select("gramian", canonicalize(M.double())).name == "cpu"
     assert select("weighted_sum", canonicalize(M.bfloat16())).name == "cpu"
 
 

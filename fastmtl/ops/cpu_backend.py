@@ -4,9 +4,11 @@ float32/float16/bfloat16/float64, deterministic for any thread count.
 Primitives: the multi-tensor ``gramian`` / ``weighted_sum`` kernels, ``graddrop`` (bit for bit the
 reference's, Philox uniforms included), and the K×K solvers of
 :mod:`fastmtl.solvers` (``fastmtl.solvers.compiled``, K ≤ 64). Priority sits above the reference, so
-automatic selection takes it on CPU tensors where :func:`fastmtl.cpu_ops.defer_to_blas` does not
-send the call to BLAS; the reference stays the fallback (and runs whenever the extension is
-missing, which the probe reports).
+automatic selection takes it for every CPU input, a flat ``[K, D]`` matrix included: one thread,
+interleaved with BLAS on the same float32 matrix, its Gram takes 3.0 vs 4.5 µs (K = 2, D = 1e4),
+2.2 vs 7.2 ms (K = 8, D = 1e6) and 8.1 vs 9.4 ms (K = 16, D = 1e6), its weighted sum 127 vs 180 µs
+(K = 2, D = 1e6) and 0.73–1.0 vs 1.0–1.5 ms (K = 8, D = 1e6). The reference stays the fallback
+(and runs whenever the extension is missing, which the probe reports).
 """
 
 from ..gradients import SUPPORTED_DTYPES
@@ -33,5 +35,4 @@ register_backend(Backend(
     implementations={"gramian": cpu_ops.gramian_tg, "weighted_sum": cpu_ops.weighted_sum_tg,
                      "graddrop": cpu_ops.graddrop_tg, **_solvers.IMPLEMENTATIONS},
     extra_reasons=_extra_reasons,
-    defer=cpu_ops.defer_to_blas,
 ))
