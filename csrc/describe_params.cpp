@@ -19,6 +19,7 @@
 // __torch_function__) goes to the detailed path, which sees it through its Python attributes.
 #include <Python.h>
 
+#include <torch/csrc/Size.h>
 #include <torch/csrc/autograd/python_variable.h>
 
 #include <cstdint>
@@ -56,6 +57,21 @@ struct Owned {  // a strong reference released on scope exit
     return q;
   }
 };
+
+// The torch.Size that .shape returns, built as torch builds it (a tuple of ints allocated by the
+// Size type) without the attribute lookup; exact tensors only reach here, so no __torch_function__
+// override is bypassed. New reference, or nullptr with an error set.
+PyObject* size_of(const at::Tensor& t) {
+  const c10::IntArrayRef sizes = t.sizes();
+  Owned size(THPSizeType.tp_alloc(&THPSizeType, Py_ssize_t(sizes.size())));
+  if (size.p == nullptr) return nullptr;
+  for (size_t d = 0; d < sizes.size(); ++d) {
+    PyObject* n = PyLong_FromLongLong(sizes[d]);
+    if (n == nullptr) return nullptr;
+    PyTuple_SET_ITEM(size.p, Py_ssize_t(d), n);
+  }
+  return size.release();
+}
 
 PyObject* describe(PyObject* grads) {
   if (!(PyList_Check(grads) || PyTuple_Check(grads)) || THPVariableClass == nullptr) Py_RETURN_NONE;
@@ -117,7 +133,7 @@ PyObject* describe(PyObject* grads) {
       shape = Py_None;
     } else {
       PyObject* obj = PyTuple_GET_ITEM(PyTuple_GET_ITEM(rows.p, owner[p]), p);
-      shape = PyObject_GetAttrString(obj, "shape");  // a torch.Size, as the Python path stores
+      shape = size_of(THPVariable_Unpack(obj));
       if (shape == nullptr) return nullptr;
       numel = THPVariable_Unpack(obj).numel();
     }
