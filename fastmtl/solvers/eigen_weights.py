@@ -53,8 +53,9 @@ def imtl_g_weights(G: Tensor, *, eps: Optional[float] = None, sweeps: Optional[i
         G: ``[..., K, K]`` Gram matrices, any float dtype; symmetrised in float64.
         eps: the cut-off's epsilon; default ``torch.finfo(G.dtype).eps``.
         sweeps: Jacobi sweeps; default :func:`fastmtl.solvers.jacobi.default_jacobi_sweeps` (K).
-        eigh: another eigen-solver of the same contract (ascending eigenvalues, eigenvectors in the
-            columns), e.g. ``torch.linalg.eigh`` for a comparison; default the fixed-sweep Jacobi.
+        eigh: (this reference function only) another eigen-solver of the same contract (ascending
+            eigenvalues, eigenvectors in the columns), e.g. ``torch.linalg.eigh`` for a comparison;
+            default the fixed-sweep Jacobi.
 
     Returns:
         λ ``[..., K]``, float64 on G's device.
