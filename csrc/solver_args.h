@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "solvers/common.h"
+#include "solvers/eigen_weights.h"
 
 namespace fastmtl {
 namespace solver_args {
@@ -94,6 +95,21 @@ inline double cagrad_theta(int K, int64_t iterations) {
   const double tau0 = 1.0 / double(K), tau_end = 1e-12;
   const int64_t n = iterations - 1 > 1 ? iterations - 1 : 1;
   return std::pow(tau_end / tau0, 1.0 / double(n));
+}
+
+// Aligned-MTL's scale_mode as the solver's kind.
+inline int aligned_scale_kind(c10::string_view mode, const char* op) {
+  if (mode == "min") return solvers::kAlignedMin;
+  if (mode == "median") return solvers::kAlignedMedian;
+  if (mode == "rmse") return solvers::kAlignedRmse;
+  TORCH_CHECK(false, op, ": scale_mode must be \"min\", \"median\" or \"rmse\", got \"", std::string(mode), "\"");
+  return 0;
+}
+
+// The relative eigenvalue cut-off's epsilon (the machine epsilon of G's dtype): finite, >= 0.
+inline double check_eps(double eps, const char* op) {
+  TORCH_CHECK(std::isfinite(eps) && eps >= 0.0, op, ": eps must be finite and >= 0, got ", eps);
+  return eps;
 }
 
 inline int check_count(int64_t n, const char* op, const char* name) {

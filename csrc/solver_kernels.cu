@@ -65,6 +65,15 @@ __global__ void __launch_bounds__(kJacobiMaxThreads) jacobi_kernel(const Tin* G,
 }
 
 template <class Tin>
+__global__ void __launch_bounds__(kJacobiMaxThreads) eigen_weights_kernel(const Tin* G, int K, int sweeps, double eps,
+                                                                          int kind, double* lam, double* scratch,
+                                                                          int64_t per_block) {
+  const int64_t b = blockIdx.x;
+  eigen_weights_solve(device_ctx(), G + b * K * K, K, sweeps, eps, kind, lam + b * K,
+                      block_workspace(scratch, per_block));
+}
+
+template <class Tin>
 __global__ void __launch_bounds__(kProjectionMaxThreads) pcgrad_kernel(const Tin* G, const int64_t* orders, int K,
                                                                         double eps, double* C, double* scratch,
                                                                         int64_t per_block) {
@@ -151,6 +160,19 @@ cudaError_t jacobi_launch(const LaunchPlan& p, const void* G, bool g_double, int
   } else {
     jacobi_kernel<float><<<grid_of(batch), p.threads, p.shared_bytes, stream>>>(
         static_cast<const float*>(G), K, sweeps, evals, evecs, scratch, p.scratch_doubles);
+  }
+  return cudaGetLastError();
+}
+
+cudaError_t eigen_weights_launch(const LaunchPlan& p, const void* G, bool g_double, int64_t batch, int K, int sweeps,
+                                 double eps, int kind, double* lam, double* scratch, cudaStream_t stream) {
+  if (batch == 0) return cudaSuccess;
+  if (g_double) {
+    eigen_weights_kernel<double><<<grid_of(batch), p.threads, p.shared_bytes, stream>>>(
+        static_cast<const double*>(G), K, sweeps, eps, kind, lam, scratch, p.scratch_doubles);
+  } else {
+    eigen_weights_kernel<float><<<grid_of(batch), p.threads, p.shared_bytes, stream>>>(
+        static_cast<const float*>(G), K, sweeps, eps, kind, lam, scratch, p.scratch_doubles);
   }
   return cudaGetLastError();
 }

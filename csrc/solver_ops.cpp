@@ -15,6 +15,11 @@
 //   solver_gradvac(Tensor G, Tensor targets, Tensor orders, float beta, float eps) -> (Tensor, Tensor)
 //       targets [K, K] (shared) or [..., K, K]                       (λ [..., K], new targets [..., K, K])
 //       orders: integer [K, K - 1] on G's device, shared by the batch (the tasks row i visits, in order)
+//   solver_imtl_g(Tensor G, int sweeps, float eps) -> Tensor                          λ [..., K]
+//   solver_aligned_mtl(Tensor G, str scale_mode, int sweeps, float eps) -> Tensor     λ [..., K]
+//       IMTL-G's / Aligned-MTL's weights from solver_eigh's decomposition (csrc/solvers/eigen_weights.h);
+//       eps: the machine epsilon of the dtype G was computed in (the eigenvalue cut-off);
+//       scale_mode: "min", "median" or "rmse"
 //
 // Algorithms, iteration counts and safeguards are those of the reference solvers in
 // fastmtl/solvers/ (see csrc/solvers/*.h). A G with a non-finite entry gives NaN results (every
@@ -35,6 +40,7 @@
 #include "solver_args.h"
 #include "solvers/cagrad_barrier.h"
 #include "solvers/dual_cone.h"
+#include "solvers/eigen_weights.h"
 #include "solvers/jacobi.h"
 #include "solvers/min_norm.h"
 #include "solvers/nash.h"
@@ -219,6 +225,31 @@ std::tuple<at::Tensor, at::Tensor> eigh_cpu(const at::Tensor& G, int64_t sweeps)
   return {evals, evecs};
 }
 
+at::Tensor eigen_weights_cpu(const at::Tensor& G, int64_t sweeps, double eps, int kind, const char* op) {
+  check_cpu(G, op);
+  const Gram g = sa::check_gram(G, op);
+  const int n = sa::check_count(sweeps, op, "sweeps");
+  sa::check_eps(eps, op);
+  at::Tensor lam = at::empty(sa::shape_with(g.batch_shape, {g.K}), G.options().dtype(at::kDouble));
+  double* lp = lam.data_ptr<double>();
+  const int K = g.K;
+  with_gram_type(g, [&](const auto* Gp) {
+    for_each_solve(g.batch, sv::EigenWeightsLayout{K}.doubles(), [&](int64_t b, double* ws) {
+      sv::eigen_weights_solve(sv::host_ctx(), Gp + b * K * K, K, n, eps, kind, lp + b * K, ws);
+    });
+  });
+  return lam;
+}
+
+at::Tensor imtl_g_cpu(const at::Tensor& G, int64_t sweeps, double eps) {
+  return eigen_weights_cpu(G, sweeps, eps, sv::kImtlG, "fastmtl::solver_imtl_g");
+}
+
+at::Tensor aligned_mtl_cpu(const at::Tensor& G, c10::string_view scale_mode, int64_t sweeps, double eps) {
+  const char* op = "fastmtl::solver_aligned_mtl";
+  return eigen_weights_cpu(G, sweeps, eps, sa::aligned_scale_kind(scale_mode, op), op);
+}
+
 // The host reads the orders anyway: an index outside [0, K) is an error here (NaN on the device).
 at::Tensor host_orders(const at::Tensor& orders, const Gram& g, const char* op) {
   at::Tensor o = sa::check_orders(orders, g.K, op, g.data.device());
@@ -283,6 +314,8 @@ TORCH_LIBRARY_FRAGMENT(fastmtl, m) {
   m.def("solver_pcgrad(Tensor G, Tensor orders, float eps) -> Tensor", {at::Tag::pt2_compliant_tag});
   m.def("solver_gradvac(Tensor G, Tensor targets, Tensor orders, float beta, float eps) -> (Tensor, Tensor)",
         {at::Tag::pt2_compliant_tag});
+  m.def("solver_imtl_g(Tensor G, int sweeps, float eps) -> Tensor", {at::Tag::pt2_compliant_tag});
+  m.def("solver_aligned_mtl(Tensor G, str scale_mode, int sweeps, float eps) -> Tensor", {at::Tag::pt2_compliant_tag});
 }
 
 TORCH_LIBRARY_IMPL(fastmtl, CPU, m) {
@@ -293,4 +326,6 @@ TORCH_LIBRARY_IMPL(fastmtl, CPU, m) {
   m.impl("solver_eigh", &eigh_cpu);
   m.impl("solver_pcgrad", &pcgrad_cpu);
   m.impl("solver_gradvac", &gradvac_cpu);
+  m.impl("solver_imtl_g", &imtl_g_cpu);
+  m.impl("solver_aligned_mtl", &aligned_mtl_cpu);
 }

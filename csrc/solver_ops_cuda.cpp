@@ -122,6 +122,30 @@ std::tuple<at::Tensor, at::Tensor> eigh_cuda(const at::Tensor& G, int64_t sweeps
   return {evals, evecs};
 }
 
+at::Tensor eigen_weights_cuda(const at::Tensor& G, int64_t sweeps, double eps, int kind, const char* op) {
+  const Gram g = check_cuda_gram(G, op);
+  const c10::cuda::CUDAGuard guard(G.device());
+  const int n = sa::check_count(sweeps, op, "sweeps");
+  sa::check_eps(eps, op);
+  at::Tensor lam = at::empty(sa::shape_with(g.batch_shape, {g.K}), G.options().dtype(at::kDouble));
+  const sv::LaunchPlan plan = sv::eigen_weights_plan(g.K);
+  at::Tensor scratch;
+  double* sp = scratch_for(plan, g.batch, G, &scratch);
+  check_launch(sv::eigen_weights_launch(plan, g.data.data_ptr(), g.is_double, g.batch, g.K, n, eps, kind,
+                                        lam.data_ptr<double>(), sp, stream_of(G)),
+               op);
+  return lam;
+}
+
+at::Tensor imtl_g_cuda(const at::Tensor& G, int64_t sweeps, double eps) {
+  return eigen_weights_cuda(G, sweeps, eps, sv::kImtlG, "fastmtl::solver_imtl_g");
+}
+
+at::Tensor aligned_mtl_cuda(const at::Tensor& G, c10::string_view scale_mode, int64_t sweeps, double eps) {
+  const char* op = "fastmtl::solver_aligned_mtl";
+  return eigen_weights_cuda(G, sweeps, eps, sa::aligned_scale_kind(scale_mode, op), op);
+}
+
 at::Tensor pcgrad_cuda(const at::Tensor& G, const at::Tensor& orders, double eps) {
   const char* op = "fastmtl::solver_pcgrad";
   const Gram g = check_cuda_gram(G, op);
@@ -167,4 +191,6 @@ TORCH_LIBRARY_IMPL(fastmtl, CUDA, m) {
   m.impl("solver_eigh", &eigh_cuda);
   m.impl("solver_pcgrad", &pcgrad_cuda);
   m.impl("solver_gradvac", &gradvac_cuda);
+  m.impl("solver_imtl_g", &imtl_g_cuda);
+  m.impl("solver_aligned_mtl", &aligned_mtl_cuda);
 }

@@ -19,6 +19,7 @@
 
 #include "solvers/cagrad_barrier.h"
 #include "solvers/dual_cone.h"
+#include "solvers/eigen_weights.h"
 #include "solvers/jacobi.h"
 #include "solvers/min_norm.h"
 #include "solvers/nash.h"
@@ -189,6 +190,18 @@ int main(int argc, char** argv) {
         compare("eigh values", K, family, hv, ev);
         compare("eigh vectors", K, family, hV, eV);
       }
+      // IMTL-G and Aligned-MTL's three scale modes (float64 and float32 eps)
+      for (int kind = sv::kImtlG; kind <= sv::kAlignedRmse; ++kind) {
+        const double eps = kind == sv::kAlignedMedian ? 1.1920928955078125e-07 : 2.220446049250313e-16;
+        std::vector<double> h(K), e(K);
+        std::vector<double> ws(sv::EigenWeightsLayout{K}.doubles()), wt(sv::EigenWeightsLayout{K}.doubles());
+        sv::eigen_weights_solve(sv::host_ctx(), G.data(), K, sv::default_jacobi_sweeps(K), eps, kind, h.data(),
+                                ws.data());
+        run_block(threads, sub, [&](const EmuCtx& c) {
+          sv::eigen_weights_solve(c, G.data(), K, sv::default_jacobi_sweeps(K), eps, kind, e.data(), wt.data());
+        });
+        compare(kind == sv::kImtlG ? "imtl_g" : "aligned_mtl", K, family, h, e);
+      }
       // PCGrad and GradVac: orders i+1, i+2, ... (mod K), and nonzero GradVac targets
       {
         std::vector<int64_t> orders(size_t(K) * (K - 1 > 0 ? K - 1 : 0));
@@ -213,7 +226,7 @@ int main(int argc, char** argv) {
         compare("gradvac lambda", K, family, hl, el);
         compare("gradvac targets", K, family, hp, ep);
       }
-      solves += 9;
+      solves += 13;
     }
   }
   if (mismatches) {

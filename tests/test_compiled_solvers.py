@@ -168,7 +168,8 @@ def _impl(name, G):
 
 def test_dispatch_compiled_reference_and_fallbacks():
     G = torch.eye(4, dtype=torch.float64)
-    names = ("min_norm_simplex", "project_dual_cone", "cagrad_simplex_weights", "nash_weights", "symmetric_eigh")
+    names = ("min_norm_simplex", "project_dual_cone", "cagrad_simplex_weights", "nash_weights", "symmetric_eigh",
+             "imtl_g_weights", "aligned_mtl_weights")
     cpu = registry.get_backend("cpu")
     ref = registry.get_backend("reference")
     for n in names:
@@ -196,7 +197,8 @@ def test_public_functions_agree_between_backends():
     eye = torch.eye(6, dtype=torch.float64)
     fns = [lambda: solvers.min_norm_simplex(G), lambda: solvers.project_dual_cone(G, eye),
            lambda: solvers.cagrad_simplex_weights(G, 0.4)[1], lambda: solvers.nash_weights(G),
-           lambda: solvers.symmetric_eigh(G)[0]]
+           lambda: solvers.symmetric_eigh(G)[0], lambda: solvers.imtl_g_weights(G),
+           lambda: solvers.aligned_mtl_weights(G, scale_mode="median")]
     for fn in fns:
         fast = fn()
         with fastmtl.use_backend("reference"):
@@ -225,7 +227,8 @@ def test_batched_equals_single_bitwise_and_thread_count_independent():
         torch.set_num_threads(threads)
         outs[threads] = (compiled.min_norm_simplex(G4, 30), compiled.project_dual_cone(G4, eye, 16, 1e-4, 1e-4),
                          compiled.cagrad_simplex_weights(G4, 0.5, 60)[1], compiled.nash_weights(G4, 10, None),
-                         compiled.symmetric_eigh(G4, 8)[1])
+                         compiled.symmetric_eigh(G4, 8)[1], compiled.imtl_g_weights(G4, 8, 1e-7),
+                         compiled.aligned_mtl_weights(G4, "rmse", 8, 1e-7))
     torch.set_num_threads(1)
     for a, b in zip(outs[1], outs[2]):
         assert torch.equal(a, b)
@@ -271,7 +274,8 @@ def test_non_finite_gram_gives_nan_for_that_solve_only(bad):
     eye = torch.eye(4, dtype=torch.float64)
     outs = [compiled.min_norm_simplex(G, 30), compiled.project_dual_cone(G, eye, 16, 1e-4, 1e-4),
             *compiled.cagrad_simplex_weights(G, 0.5, 60), compiled.nash_weights(G, 10, None),
-            *compiled.symmetric_eigh(G, 5)]
+            *compiled.symmetric_eigh(G, 5), compiled.imtl_g_weights(G, 5, 1e-7),
+            compiled.aligned_mtl_weights(G, "min", 5, 1e-7)]
     for out in outs:
         assert torch.isnan(out[1]).all()
         assert torch.isfinite(out[0]).all() and torch.isfinite(out[2]).all()
@@ -334,7 +338,11 @@ def _op_samples():
             (ops.solver_dual_cone.default, (G, eye[:1], 12, 1e-4, 1e-4)),
             (ops.solver_cagrad.default, (G, 0.5, 60)), (ops.solver_cagrad.default, (torch.eye(11).double(), 0.5, 20)),
             (ops.solver_nash.default, (Gb, None, 10)), (ops.solver_nash.default, (G, torch.ones(5).double(), 10)),
-            (ops.solver_eigh.default, (Gb, 8))]
+            (ops.solver_eigh.default, (Gb, 8)), (ops.solver_imtl_g.default, (Gb, 8, 2.220446049250313e-16)),
+            (ops.solver_imtl_g.default, (G.float(), 8, 1.1920928955078125e-07)),
+            (ops.solver_aligned_mtl.default, (Gb, "min", 8, 2.220446049250313e-16)),
+            (ops.solver_aligned_mtl.default, (Gb.float(), "median", 8, 1.1920928955078125e-07)),
+            (ops.solver_aligned_mtl.default, (G, "rmse", 8, 2.220446049250313e-16))]
 
 
 def test_schemas_are_pt2_compliant():
@@ -343,7 +351,7 @@ def test_schemas_are_pt2_compliant():
         assert torch.Tag.pt2_compliant_tag in op.tags
 
 
-@pytest.mark.parametrize("i", range(9))
+@pytest.mark.parametrize("i", range(14))
 def test_opcheck(i):
     op, args = _op_samples()[i]
     torch.library.opcheck(op, args)
@@ -356,6 +364,8 @@ def test_fake_kernels_on_meta():
     assert V.shape == (2, 3, 4, 7) and V.dtype == torch.float64
     w, V = torch.ops.fastmtl.solver_eigh(G, 5)
     assert w.shape == (2, 3, 7) and V.shape == (2, 3, 7, 7)
+    for lam in (torch.ops.fastmtl.solver_imtl_g(G, 5, 1e-7), torch.ops.fastmtl.solver_aligned_mtl(G, "min", 5, 1e-7)):
+        assert lam.shape == (2, 3, 7) and lam.dtype == torch.float64
 
 
 def test_public_solvers_trace_with_fullgraph():
@@ -375,7 +385,8 @@ def test_public_solvers_trace_with_fullgraph():
         evals, evecs = solvers.symmetric_eigh(G)
         C = solvers.project_conflicts(G, orders)
         lam_vac, targets = solvers.vaccine(G, 0.5 * eye, orders)
-        return w, V, lam, alpha, evals, evecs, C, lam_vac, targets
+        imtl, aligned = solvers.imtl_g_weights(G), solvers.aligned_mtl_weights(G, scale_mode="rmse")
+        return w, V, lam, alpha, evals, evecs, C, lam_vac, targets, imtl, aligned
 
     counter = CompileCounterWithBackend("aot_eager")
     compiled_step = torch.compile(step, fullgraph=True, backend=counter)

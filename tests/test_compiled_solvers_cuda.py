@@ -46,6 +46,14 @@ def test_cuda_matches_cpu(K):
     assert ((recon.cpu() - G).abs() <= 1e-12 * scale.unsqueeze(-1)).all()
     torch.testing.assert_close(compiled.min_norm_simplex(Gd.float(), 30).cpu(),
                                compiled.min_norm_simplex(G.float(), 30), rtol=1e-9, atol=1e-12)
+    sweeps = solvers.jacobi.default_jacobi_sweeps(K)
+    check("imtl_g cuda vs cpu", cases, compiled.imtl_g_weights(Gd, sweeps, 2.220446049250313e-16).cpu(),
+          compiled.imtl_g_weights(G, sweeps, 2.220446049250313e-16), tol=1e-9)
+    for mode in ("min", "median", "rmse"):
+        for dev_G, host_G, eps in ((Gd, G, 2.220446049250313e-16), (Gd.float(), G.float(), 1.1920928955078125e-07)):
+            check(f"aligned_mtl {mode} cuda vs cpu", cases,
+                  compiled.aligned_mtl_weights(dev_G, mode, sweeps, eps).cpu(),
+                  compiled.aligned_mtl_weights(host_G, mode, sweeps, eps), tol=1e-9)
 
 
 @gpu
@@ -61,7 +69,8 @@ def test_cuda_solves_do_not_synchronise_and_capture_in_a_graph():
     def solve(G):
         return (solvers.min_norm_simplex(G), solvers.project_dual_cone(G, eye), solvers.cagrad_simplex_weights(G, 0.5)[1],
                 solvers.nash_weights(G), solvers.symmetric_eigh(G)[0], solvers.project_conflicts(G, orders),
-                *solvers.vaccine(G, targets, orders))
+                *solvers.vaccine(G, targets, orders), solvers.imtl_g_weights(G),
+                solvers.aligned_mtl_weights(G, scale_mode="median"))
 
     eager = solve(G)
     torch.cuda.synchronize()

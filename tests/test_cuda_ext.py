@@ -221,7 +221,7 @@ def test_backend_registered_with_reasons():
     # The hot-path primitives, and the K×K solvers of fastmtl.solvers (one kernel launch per solve).
     assert set(b.implementations) == {"gramian", "weighted_sum", "min_norm_simplex", "project_dual_cone",
                                       "cagrad_simplex_weights", "nash_weights", "symmetric_eigh",
-                                      "project_conflicts", "vaccine"}
+                                      "project_conflicts", "vaccine", "imtl_g_weights", "aligned_mtl_weights"}
     if _GPU_REASON is not None:
         assert b.unavailable_reason() == _GPU_REASON
         with pytest.raises(RuntimeError, match="backend 'cuda'"):

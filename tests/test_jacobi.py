@@ -8,7 +8,7 @@ import torch
 
 import fastmtl
 from fastmtl import solvers
-from fastmtl.methods import make_method
+from fastmtl.methods import Context, make_method
 from fastmtl.solvers import compiled
 from fastmtl.solvers.jacobi import default_jacobi_sweeps, round_robin_pairs, symmetric_eigh_reference
 
@@ -119,20 +119,24 @@ def test_reference_traces_with_fullgraph():
 @pytest.mark.parametrize("method", ["imtl_g", "aligned_mtl", "config"])
 @pytest.mark.parametrize("K", [2, 3, 5, 8])
 def test_methods_agree_with_lapack_eigh(method, K, monkeypatch):
-    """IMTL-G, Aligned-MTL and ConFIG with the Jacobi solver against the same methods with
-    torch.linalg.eigh (LAPACK), on every family: the combined directions agree."""
-    import fastmtl.methods.aligned_mtl as am
+    """IMTL-G, Aligned-MTL and ConFIG with the Jacobi solver (compiled where available) against the
+    same formulas with torch.linalg.eigh (LAPACK), on every family: the combined directions agree."""
     import fastmtl.methods.config as cf
-    import fastmtl.methods.imtl_g as ig
+    from fastmtl.solvers import eigen_weights
 
-    module = {"imtl_g": ig, "aligned_mtl": am, "config": cf}[method]
+    lapack = {"imtl_g": lambda G: eigen_weights.imtl_g_weights(G, eigh=torch.linalg.eigh),
+              "aligned_mtl": lambda G: eigen_weights.aligned_mtl_weights(G, eigh=torch.linalg.eigh)}
     for fam in FAMILIES:
         J = make_jacobian(fam, K, 30, seed=4)
         G = J @ J.T
-        lam = make_method(method, {}).weights(G)
-        with monkeypatch.context() as m:
-            m.setattr(module, "symmetric_eigh", lambda A: torch.linalg.eigh(A))
-            lam_ref = make_method(method, {}).weights(G)
+        ctx = Context(num_tasks=K, device=G.device)
+        lam = make_method(method, {}).weights(G, ctx)
+        if method in lapack:
+            lam_ref = lapack[method](G)
+        else:
+            with monkeypatch.context() as m:
+                m.setattr(cf, "symmetric_eigh", lambda A: torch.linalg.eigh(A))
+                lam_ref = make_method(method, {}).weights(G, ctx)
         d, d_ref = J.T @ lam, J.T @ lam_ref
         rms = float(J.norm(dim=1).pow(2).mean().sqrt())
         err = float((d - d_ref).norm()) / max(float(d_ref.norm()), 1e-3 * rms)

@@ -23,12 +23,15 @@ FMTL_INL int default_jacobi_sweeps(int K) {
 
 constexpr double kJacobiThreshold = 0.1;  // of off(A)/K², see above
 
+// x mod n for |x| < n (no division: the pair schedule is on the solve's critical path).
+FMTL_INL int wrap_mod(int x, int n) { return x < 0 ? x + n : x; }
+
 // Pair `k` of round `r` of the circle method for m = K + K % 2 players: (p, q) with p < q; q ≥ K is
-// the bye. Position 0 is fixed, positions 1..m-1 rotate by one each round.
+// the bye. Position 0 is fixed, positions 1..m-1 rotate by one each round. (With 0 ≤ r < m − 1 and
+// 0 ≤ k < m/2 both offsets below lie in (−(m − 1), m − 1).)
 FMTL_INL void jacobi_pair(int m, int r, int k, int* p, int* q) {
-  const int a = k == 0 ? 0 : ((k - 1 - r) % (m - 1) + (m - 1)) % (m - 1) + 1;
-  const int pos_b = m - 1 - k;
-  const int b = ((pos_b - 1 - r) % (m - 1) + (m - 1)) % (m - 1) + 1;
+  const int a = k == 0 ? 0 : wrap_mod(k - 1 - r, m - 1) + 1;
+  const int b = wrap_mod(m - 2 - k - r, m - 1) + 1;
   *p = a < b ? a : b;
   *q = a < b ? b : a;
 }
@@ -58,6 +61,88 @@ struct JacobiLayout {
   FMTL_INL int doubles() const { return order() + K; }
 };
 
+// Rows p, q of every pair of a round (JᵀA). Work item w = k·K + j, stepped without a division per
+// item. Every entry is written by one work item from the two it reads, so the split over ranks (and
+// the host loops below) never changes the result.
+template <class B>
+FMTL_INL void jacobi_rotate_rows(const B& t, double* A, const double* rot, int K, int npairs) {
+  for (int w = t.rank(), k = w / K, j = w % K; w < npairs * K; w += t.size(), j += t.size()) {
+    while (j >= K) {
+      j -= K;
+      ++k;
+    }
+    const int p = int(rot[4 * k]), q = int(rot[4 * k + 1]);
+    if (q < K) {
+      const double cs = rot[4 * k + 2], sn = rot[4 * k + 3];
+      const double ap = A[p * K + j], aq = A[q * K + j];
+      A[p * K + j] = cs * ap - sn * aq;
+      A[q * K + j] = sn * ap + cs * aq;
+    }
+  }
+}
+
+// Columns p, q of every pair ((JᵀA)J and VJ), work item w = k·K + i.
+template <class B>
+FMTL_INL void jacobi_rotate_columns(const B& t, double* A, double* V, const double* rot, int K, int npairs) {
+  for (int w = t.rank(), k = w / K, i = w % K; w < npairs * K; w += t.size(), i += t.size()) {
+    while (i >= K) {
+      i -= K;
+      ++k;
+    }
+    const int p = int(rot[4 * k]), q = int(rot[4 * k + 1]);
+    if (q < K) {
+      const double cs = rot[4 * k + 2], sn = rot[4 * k + 3];
+      const double ap = A[i * K + p], aq = A[i * K + q];
+      A[i * K + p] = cs * ap - sn * aq;
+      A[i * K + q] = sn * ap + cs * aq;
+      const double vp = V[i * K + p], vq = V[i * K + q];
+      V[i * K + p] = cs * vp - sn * vq;
+      V[i * K + q] = sn * vp + cs * vq;
+    }
+  }
+}
+
+// The same two passes for one host thread, pair by pair, with the same arithmetic on every entry:
+// no work-item bookkeeping, and contiguous updates that vectorise. The host keeps V transposed
+// (W = Vᵀ), so that VJ's column updates are row updates of W.
+template <class B>
+struct JacobiTransposedV {
+  static constexpr bool value = false;
+};
+template <>
+struct JacobiTransposedV<Solo> {
+  static constexpr bool value = true;
+};
+
+FMTL_INL void jacobi_rotate_row_pair(double* __restrict__ rp, double* __restrict__ rq, int K, double cs, double sn) {
+  for (int j = 0; j < K; ++j) {
+    const double ap = rp[j], aq = rq[j];
+    rp[j] = cs * ap - sn * aq;
+    rq[j] = sn * ap + cs * aq;
+  }
+}
+
+FMTL_INL void jacobi_rotate_rows(const Solo&, double* A, const double* rot, int K, int npairs) {
+  for (int k = 0; k < npairs; ++k) {
+    const int p = int(rot[4 * k]), q = int(rot[4 * k + 1]);
+    if (q < K) jacobi_rotate_row_pair(A + p * K, A + q * K, K, rot[4 * k + 2], rot[4 * k + 3]);
+  }
+}
+
+FMTL_INL void jacobi_rotate_columns(const Solo&, double* A, double* W, const double* rot, int K, int npairs) {
+  for (int k = 0; k < npairs; ++k) {
+    const int p = int(rot[4 * k]), q = int(rot[4 * k + 1]);
+    if (q >= K) continue;
+    const double cs = rot[4 * k + 2], sn = rot[4 * k + 3];
+    for (int i = 0; i < K; ++i) {
+      const double ap = A[i * K + p], aq = A[i * K + q];
+      A[i * K + p] = cs * ap - sn * aq;
+      A[i * K + q] = sn * ap + cs * aq;
+    }
+    jacobi_rotate_row_pair(W + p * K, W + q * K, K, cs, sn);
+  }
+}
+
 // One solve: G (K x K) -> evals (K, ascending) and evecs (K x K, columns).
 template <class B, class S, class Tin>
 FMTL_INL void jacobi_solve(const Ctx<B, S>& c, const Tin* G, int K, int sweeps, double* evals, double* evecs,
@@ -65,7 +150,7 @@ FMTL_INL void jacobi_solve(const Ctx<B, S>& c, const Tin* G, int K, int sweeps, 
   const JacobiLayout L{K};
   const B& t = c.block;
   double* A = ws + L.A();
-  double* V = ws + L.V();
+  double* V = ws + L.V();  // transposed on the host (JacobiTransposedV)
   double* rot = ws + L.rot();
   if (!load_symmetric(t, G, K, A, ws + L.flags(), ws + L.slot())) {
     fill_nan(t, evals, K);
@@ -102,38 +187,9 @@ FMTL_INL void jacobi_solve(const Ctx<B, S>& c, const Tin* G, int K, int sweeps, 
         rot[4 * k + 3] = sn;
       }
       t.sync();
-      // Rows p, q of every pair (JᵀA). Work item w = k·K + j, stepped without a division per item.
-      for (int w = t.rank(), k = w / K, j = w % K; w < npairs * K; w += t.size(), j += t.size()) {
-        while (j >= K) {
-          j -= K;
-          ++k;
-        }
-        const int p = int(rot[4 * k]), q = int(rot[4 * k + 1]);
-        if (q < K) {
-          const double cs = rot[4 * k + 2], sn = rot[4 * k + 3];
-          const double ap = A[p * K + j], aq = A[q * K + j];
-          A[p * K + j] = cs * ap - sn * aq;
-          A[q * K + j] = sn * ap + cs * aq;
-        }
-      }
+      jacobi_rotate_rows(t, A, rot, K, npairs);
       t.sync();
-      // Columns p, q of every pair ((JᵀA)J and VJ), work item w = k·K + i.
-      for (int w = t.rank(), k = w / K, i = w % K; w < npairs * K; w += t.size(), i += t.size()) {
-        while (i >= K) {
-          i -= K;
-          ++k;
-        }
-        const int p = int(rot[4 * k]), q = int(rot[4 * k + 1]);
-        if (q < K) {
-          const double cs = rot[4 * k + 2], sn = rot[4 * k + 3];
-          const double ap = A[i * K + p], aq = A[i * K + q];
-          A[i * K + p] = cs * ap - sn * aq;
-          A[i * K + q] = sn * ap + cs * aq;
-          const double vp = V[i * K + p], vq = V[i * K + q];
-          V[i * K + p] = cs * vp - sn * vq;
-          V[i * K + q] = sn * vp + cs * vq;
-        }
-      }
+      jacobi_rotate_columns(t, A, V, rot, K, npairs);
     }
   }
   t.sync();
@@ -155,9 +211,10 @@ FMTL_INL void jacobi_solve(const Ctx<B, S>& c, const Tin* G, int K, int sweeps, 
   }
   t.sync();
   FMTL_FOR(t, j, K) evals[j] = A[order[j] * K + order[j]];
+  constexpr bool transposed = JacobiTransposedV<B>::value;
   FMTL_FOR(t, w, K * K) {
     const int i = w / K, j = w % K;
-    evecs[i * K + j] = V[i * K + order[j]];
+    evecs[i * K + j] = transposed ? V[order[j] * K + i] : V[i * K + order[j]];
   }
   t.sync();
 }

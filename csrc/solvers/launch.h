@@ -12,6 +12,7 @@
 
 #include "cagrad_barrier.h"
 #include "dual_cone.h"
+#include "eigen_weights.h"
 #include "jacobi.h"
 #include "min_norm.h"
 #include "nash.h"
@@ -68,6 +69,11 @@ inline LaunchPlan nash_plan(int K) { return finish_plan(kNashMaxThreads, NashLay
 
 inline LaunchPlan jacobi_plan(int K) { return finish_plan(K <= 16 ? 64 : kJacobiMaxThreads, JacobiLayout{K}.doubles()); }
 
+// IMTL-G / Aligned-MTL: Jacobi's block, with the weights' vectors added to its workspace.
+inline LaunchPlan eigen_weights_plan(int K) {
+  return finish_plan(K <= 16 ? 64 : kJacobiMaxThreads, EigenWeightsLayout{K}.doubles());
+}
+
 inline int projection_threads(int K) { return K <= 32 ? 32 : kProjectionMaxThreads; }
 inline LaunchPlan pcgrad_plan(int K) { return finish_plan(projection_threads(K), PcgradLayout{K}.doubles()); }
 inline LaunchPlan gradvac_plan(int K) { return finish_plan(projection_threads(K), GradvacLayout{K}.doubles()); }
@@ -86,6 +92,9 @@ cudaError_t nash_launch(const LaunchPlan& plan, const void* G, bool g_double, co
                         int64_t batch, int K, int iterations, double* alpha, double* scratch, cudaStream_t stream);
 cudaError_t jacobi_launch(const LaunchPlan& plan, const void* G, bool g_double, int64_t batch, int K, int sweeps,
                           double* evals, double* evecs, double* scratch, cudaStream_t stream);
+// kind: an EigenWeightsKind; lam: batch x K.
+cudaError_t eigen_weights_launch(const LaunchPlan& plan, const void* G, bool g_double, int64_t batch, int K, int sweeps,
+                                 double eps, int kind, double* lam, double* scratch, cudaStream_t stream);
 // orders: K x (K - 1) int64 (shared by the batch); C: batch x K x K.
 cudaError_t pcgrad_launch(const LaunchPlan& plan, const void* G, bool g_double, const int64_t* orders, int64_t batch,
                           int K, double eps, double* C, double* scratch, cudaStream_t stream);

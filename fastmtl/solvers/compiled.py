@@ -1,6 +1,6 @@
 """The compiled K×K solvers of ``fastmtl._C``: availability, fake kernels and thin wrappers.
 
-``csrc/solver_ops.cpp`` defines seven ops (CPU kernels; ``csrc/solver_ops_cuda.cpp`` adds CUDA
+``csrc/solver_ops.cpp`` defines nine ops (CPU kernels; ``csrc/solver_ops_cuda.cpp`` adds CUDA
 kernels when the extension was built with nvcc), transcriptions of the reference solvers of this
 package with the same algorithms and iteration counts, in float64:
 
@@ -11,7 +11,10 @@ package with the same algorithms and iteration counts, in float64:
 * ``solver_nash(G, init, iterations)`` — :func:`fastmtl.solvers.nash.nash_weights`;
 * ``solver_eigh(G, sweeps)`` — :func:`fastmtl.solvers.jacobi.symmetric_eigh_reference`;
 * ``solver_pcgrad(G, orders, eps)`` — :func:`fastmtl.solvers.projection.project_conflicts`;
-* ``solver_gradvac(G, targets, orders, beta, eps)`` — :func:`fastmtl.solvers.projection.vaccine`.
+* ``solver_gradvac(G, targets, orders, beta, eps)`` — :func:`fastmtl.solvers.projection.vaccine`;
+* ``solver_imtl_g(G, sweeps, eps)`` — :func:`fastmtl.solvers.eigen_weights.imtl_g_weights`;
+* ``solver_aligned_mtl(G, scale_mode, sweeps, eps)`` —
+  :func:`fastmtl.solvers.eigen_weights.aligned_mtl_weights`.
 
 G is ``[..., K, K]`` with ``1 ≤ K ≤ MAX_K``, results are float64 on G's device. On CPU tensors a
 solve runs on the calling thread (a batch is spread over intra-op threads); on CUDA tensors it is
@@ -32,7 +35,7 @@ from torch import Tensor
 #: Largest K of the compiled solvers (kMaxK in csrc/solvers/common.h).
 MAX_K = 64
 OP_NAMES = ("solver_min_norm", "solver_dual_cone", "solver_cagrad", "solver_nash", "solver_eigh", "solver_pcgrad",
-            "solver_gradvac")
+            "solver_gradvac", "solver_imtl_g", "solver_aligned_mtl")
 #: Floating dtypes the ops read natively (others are converted to float64 inside the op).
 NATIVE_DTYPES = (torch.float32, torch.float64)
 
@@ -120,6 +123,14 @@ def _register_fakes() -> None:
     def _gradvac_fake(G, targets, orders, beta, eps):
         return f64(G, G.shape[:-1]), f64(G, G.shape)
 
+    @torch.library.register_fake("fastmtl::solver_imtl_g")
+    def _imtl_g_fake(G, sweeps, eps):
+        return f64(G, G.shape[:-1])
+
+    @torch.library.register_fake("fastmtl::solver_aligned_mtl")
+    def _aligned_mtl_fake(G, scale_mode, sweeps, eps):
+        return f64(G, G.shape[:-1])
+
 
 if _registered():
     try:
@@ -138,6 +149,8 @@ if _registered():
     _eigh_op = torch.ops.fastmtl.solver_eigh.default
     _pcgrad_op = torch.ops.fastmtl.solver_pcgrad.default
     _gradvac_op = torch.ops.fastmtl.solver_gradvac.default
+    _imtl_g_op = torch.ops.fastmtl.solver_imtl_g.default
+    _aligned_mtl_op = torch.ops.fastmtl.solver_aligned_mtl.default
 
 
 def min_norm_simplex(G: Tensor, iterations: int) -> Tensor:
@@ -183,11 +196,20 @@ def vaccine(G: Tensor, targets: Tensor, orders: Tensor, beta: float, eps: float)
     return _gradvac_op(G, targets, orders, float(beta), float(eps))
 
 
+def imtl_g_weights(G: Tensor, sweeps: int, eps: float) -> Tensor:
+    return _imtl_g_op(G, sweeps, eps)
+
+
+def aligned_mtl_weights(G: Tensor, scale_mode: str, sweeps: int, eps: float) -> Tensor:
+    return _aligned_mtl_op(G, scale_mode, sweeps, eps)
+
+
 #: The wrappers above by the backend registry's primitive names: what the ``cpu`` and ``cuda``
 #: backends register (each with its own availability probe).
 IMPLEMENTATIONS = {"min_norm_simplex": min_norm_simplex, "project_dual_cone": project_dual_cone,
                    "cagrad_simplex_weights": cagrad_simplex_weights, "nash_weights": nash_weights,
-                   "symmetric_eigh": symmetric_eigh, "project_conflicts": project_conflicts, "vaccine": vaccine}
+                   "symmetric_eigh": symmetric_eigh, "project_conflicts": project_conflicts, "vaccine": vaccine,
+                   "imtl_g_weights": imtl_g_weights, "aligned_mtl_weights": aligned_mtl_weights}
 
 
 def solve_reasons(device_type: str, num_tasks: int, dtype: torch.dtype) -> list:

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 from typing import Optional
 
+import torch
 from torch import Tensor
 
 from ..ops.registry import register_implementation, solver_implementation
 from . import cagrad as _cagrad_ref
 from . import dual_cone as _dual_cone_ref
+from . import eigen_weights as _eigen_weights_ref
 from . import jacobi as _jacobi_ref
 from . import min_norm as _min_norm_ref
 from . import nash as _nash_ref
@@ -28,7 +30,7 @@ from . import projection as _projection_ref
 from .nash import default_nash_iterations
 
 __all__ = ["min_norm_simplex", "project_dual_cone", "cagrad_simplex_weights", "nash_weights", "symmetric_eigh",
-           "project_conflicts", "vaccine"]
+           "project_conflicts", "vaccine", "imtl_g_weights", "aligned_mtl_weights"]
 
 
 def _min_norm_reference(G, iterations):
@@ -59,10 +61,19 @@ def _gradvac_reference(G, targets, orders, beta, eps):
     return _projection_ref.vaccine(G, targets, orders, beta, eps)
 
 
+def _imtl_g_reference(G, sweeps, eps):
+    return _eigen_weights_ref.imtl_g_weights(G, eps=eps, sweeps=sweeps)
+
+
+def _aligned_mtl_reference(G, scale_mode, sweeps, eps):
+    return _eigen_weights_ref.aligned_mtl_weights(G, scale_mode=scale_mode, eps=eps, sweeps=sweeps)
+
+
 REFERENCE = {"min_norm_simplex": _min_norm_reference, "project_dual_cone": _dual_cone_reference,
              "cagrad_simplex_weights": _cagrad_reference, "nash_weights": _nash_reference,
              "symmetric_eigh": _eigh_reference, "project_conflicts": _pcgrad_reference,
-             "vaccine": _gradvac_reference}
+             "vaccine": _gradvac_reference, "imtl_g_weights": _imtl_g_reference,
+             "aligned_mtl_weights": _aligned_mtl_reference}
 for _name, _fn in REFERENCE.items():
     register_implementation("reference", _name, _fn)
 
@@ -113,11 +124,36 @@ def vaccine(G: Tensor, targets: Tensor, orders: Tensor, *, beta: float = 0.5, ep
     return solver_implementation("vaccine", G)(G, targets, orders, beta, eps)
 
 
+def _eps_and_sweeps(G: Tensor, eps: Optional[float], sweeps: Optional[int]) -> tuple:
+    if eps is None:
+        eps = torch.finfo(G.dtype).eps
+    elif not 0.0 <= eps < float("inf"):
+        raise ValueError(f"eps must be finite and >= 0, got {eps}")
+    if sweeps is None:
+        sweeps = _jacobi_ref.default_jacobi_sweeps(G.shape[-1])
+    return float(eps), sweeps
+
+
+def imtl_g_weights(G: Tensor, *, eps: Optional[float] = None, sweeps: Optional[int] = None) -> Tensor:
+    eps, sweeps = _eps_and_sweeps(G, eps, sweeps)
+    return solver_implementation("imtl_g_weights", G)(G, sweeps, eps)
+
+
+def aligned_mtl_weights(G: Tensor, *, scale_mode: str = "min", eps: Optional[float] = None,
+                        sweeps: Optional[int] = None) -> Tensor:
+    if scale_mode not in _eigen_weights_ref.SCALE_MODES:  # ValueError on either path
+        raise ValueError(f"scale_mode must be one of {_eigen_weights_ref.SCALE_MODES}, got {scale_mode!r}")
+    eps, sweeps = _eps_and_sweeps(G, eps, sweeps)
+    return solver_implementation("aligned_mtl_weights", G)(G, scale_mode, sweeps, eps)
+
+
 for _public, _ref in ((min_norm_simplex, _min_norm_ref.min_norm_simplex),
                       (project_dual_cone, _dual_cone_ref.project_dual_cone),
                       (cagrad_simplex_weights, _cagrad_ref.cagrad_simplex_weights),
                       (nash_weights, _nash_ref.nash_weights),
                       (symmetric_eigh, _jacobi_ref.symmetric_eigh_reference),
                       (project_conflicts, _projection_ref.project_conflicts),
-                      (vaccine, _projection_ref.vaccine)):
+                      (vaccine, _projection_ref.vaccine),
+                      (imtl_g_weights, _eigen_weights_ref.imtl_g_weights),
+                      (aligned_mtl_weights, _eigen_weights_ref.aligned_mtl_weights)):
     _public.__doc__ = (_ref.__doc__ or "") + _NOTE.format(ref=f"{_ref.__module__}.{_ref.__name__}")
