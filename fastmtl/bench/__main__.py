@@ -46,10 +46,12 @@ def _device_name(device: str) -> str:
 def cmd_speed(args) -> None:
     if getattr(args, "preset", None) == "latency":
         from . import latency
-        latency.main(methods=args.methods.split(",") if args.methods else None,
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+        latency.main(methods=args.methods.split(",") if args.methods else None, rounds=args.rounds,
                      header=f"# combine latency on {platform.processor() or platform.machine()} CPU, 1 thread "
                             f"(torch {torch.__version__}), "
-                            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC")
+                            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, median of "
+                            f"{args.rounds} interleaved rounds, load average {load:.1f} at the start")
         return
     if getattr(args, "preset", None) in speed.PRESETS:
         dev = speed.PRESETS[args.preset].device or args.device
@@ -226,6 +228,9 @@ def main(argv=None) -> None:
                         + " | ".join(f"{k}: {v.help}" for k, v in speed.PRESETS.items())
                         + " (CSV row by row at --out, default bench_out/PRESET.csv, with .md and .png beside it)")
     p.add_argument("--deadline", type=float, default=None, help="presets: stop measuring after this many seconds")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="latency preset: interleaved rounds per row, the median reported (more: steadier on a "
+                        "shared machine, proportionally longer)")
     p.set_defaults(fn=cmd_speed)
 
     p = sub.add_parser("toy", help="B1 CAGrad toy")

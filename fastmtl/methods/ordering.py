@@ -29,8 +29,8 @@ def random_task_orders(K: int, *, generator: Optional[torch.Generator] = None,
         keys = _rand((K, K), generator, device)
     else:
         keys = torch.arange(K, device=device, dtype=torch.float64).expand(K, K).clone()
-    # Sort the task itself last, then drop it.
-    keys = keys + 3.0 * torch.eye(K, device=device, dtype=torch.float64) * (K + 1)
+    # Sort the task itself last, then drop it (keys is this call's own tensor: shifted in place).
+    keys.diagonal().add_(3.0 * (K + 1))
     return torch.argsort(keys, dim=1, stable=True)[:, : K - 1]
 
 
