@@ -6,7 +6,7 @@ probe, and per-primitive implementations. Selection for one call, first match wi
 1. an explicit ``backend=`` argument;
 2. the innermost :func:`use_backend` context;
 3. the ``FASTMTL_BACKEND`` environment variable (read once, at first use);
-4. automatic: the available backend of highest priority (cuda > triton > reference) that supports
+4. automatic: the available backend of highest priority (cuda > triton > cpu > reference) that supports
    the inputs.
 
 An explicit request (1–3) that cannot run raises ``RuntimeError`` listing every backend's reasons;
