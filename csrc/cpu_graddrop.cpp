@@ -292,9 +292,16 @@ void graddrop_run(Args& a, const at::Tensor& leak, int64_t seed, int64_t offset,
   a.seed = uint64_t(seed);
   a.offset = uint64_t(offset);
   a.eps = eps;
-  const at::ScalarType acc = t.dtype == at::kDouble ? at::kDouble : at::kFloat;
-  const at::Tensor lk = leak.reshape({t.K}).to(acc).contiguous();
-  a.leak = lk.data_ptr();
+  // Read in place and converted as .to() rounds (cpu_pointer_table.h); alive until the kernels return.
+  std::vector<double> leak64;
+  std::vector<float> leak32;
+  if (t.dtype == at::kDouble) {
+    leak64 = values_as<double>(leak);
+    a.leak = leak64.data();
+  } else {
+    leak32 = values_as<float>(leak);
+    a.leak = leak32.data();
+  }
   switch (t.dtype) {
     case at::kDouble: return graddrop_impl<double, double>(a);
     case at::kHalf: return graddrop_impl<c10::Half, float>(a);

@@ -157,7 +157,8 @@ def weighted_sum_tg(tg: TaskGradients, weights: torch.Tensor,
     if out is None:
         fn, tensors = _kernel("weighted_sum_cpu", tg)
         return _drop_untouched(fn(tensors, K, weights), tg)
-    return weighted_sum_into(tg, weights, out, _op("weighted_sum_cpu_out"))
+    fn, tensors = _kernel("weighted_sum_cpu_out", tg)
+    return weighted_sum_into(tg, weights, out, fn, all_entries=tensors)
 
 
 def graddrop_tg(tg: TaskGradients, seed: int, offset: int = 0, leak: Optional[torch.Tensor] = None,
@@ -167,7 +168,8 @@ def graddrop_tg(tg: TaskGradients, seed: int, offset: int = 0, leak: Optional[to
     Element ``i`` of parameter ``p`` draws the Philox uniform of counter ``offset + base_p + i``
     (``base_p``: elements of the parameters before ``p``; parameters no task touches count 0).
     Without ``out``: one new tensor per parameter in the gradients' dtype (``None`` where no task
-    has one; slices of one allocation in plain eager mode). With ``out``: written in place, one call whatever the ``out`` dtypes.
+    has one; slices of one allocation in plain eager mode). With ``out``: written in place, one
+    call whatever the ``out`` dtypes.
     """
     seed, offset = int(seed), int(offset)
     if not 0 <= seed < 2 ** 63:

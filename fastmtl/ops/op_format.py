@@ -78,12 +78,14 @@ def task_major_entries(tg, columns: Optional[Sequence[int]] = None) -> list:
 
 
 def weighted_sum_into(tg, weights: torch.Tensor, out: Sequence[Optional[torch.Tensor]],
-                      out_op: Callable) -> list:
+                      out_op: Callable, all_entries: Optional[Sequence] = None) -> list:
     """Write ``Σ_k weights[k] g_k[p]`` into ``out[p]`` through a ``weighted_sum_*_out`` op.
 
     The ops take one output dtype per call, so parameters are grouped by their ``out`` tensor's
     dtype: one call in the usual case (every parameter active, one dtype), one per dtype otherwise.
-    Parameters no task touches are left out, and their ``out`` entries untouched.
+    Parameters no task touches are left out, and their ``out`` entries untouched. ``all_entries``:
+    the gradients in the form ``out_op`` takes for a call over every parameter (default the flat
+    task-major list).
     """
     targets = list(out)
     active = [p for p, shape in enumerate(tg.shapes) if shape is not None]
@@ -91,7 +93,7 @@ def weighted_sum_into(tg, weights: torch.Tensor, out: Sequence[Optional[torch.Te
     for p in active:
         groups.setdefault(targets[p].dtype, []).append(p)
     if len(groups) == 1 and len(active) == tg.num_params:
-        out_op(task_major_entries(tg), tg.num_tasks, weights, targets)
+        out_op(task_major_entries(tg) if all_entries is None else all_entries, tg.num_tasks, weights, targets)
     else:
         for columns in groups.values():
             out_op(task_major_entries(tg, columns), tg.num_tasks, weights, [targets[p] for p in columns])
