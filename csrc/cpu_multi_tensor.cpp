@@ -232,7 +232,9 @@ at::Tensor gramian_entries(const Entries& tensors, int64_t num_tasks) {
 
 // ---- weighted sum -------------------------------------------------------------------------------
 
-constexpr int64_t kPrefetch = 512;     // elements ahead of the current position, per input stream
+// Elements ahead of the current position, per input stream. Prefetching past the end of a tensor is
+// harmless: a prefetch never faults.
+constexpr int64_t kPrefetch = 512;
 constexpr int64_t kGroup = 8;          // tasks summed in registers in one pass
 constexpr int64_t kGroupBlock = 1024;  // elements per block when there are more tasks (L1-resident sums)
 
