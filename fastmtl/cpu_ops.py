@@ -68,10 +68,18 @@ def _op(name: str):
     tensors, the allocation probe, flop counters), and while the autograd profiler records.
     """
     direct = _DIRECT.get(name)
-    if (direct is None or torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
-            or torch._C._len_torch_function_stack() or getattr(torch.autograd.profiler, "_is_profiler_enabled", True)):
+    if direct is None or not plain_eager():
         return getattr(torch.ops.fastmtl, name)
     return direct
+
+
+def plain_eager() -> bool:
+    """Whether nothing intercepts torch calls now: no ``torch.compile`` tracing, no dispatch or
+    function mode (fake tensors, probes), no autograd profiler. Only then may a C++ function of
+    ``fastmtl._C`` read tensors directly in place of the ops."""
+    return not (torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack()
+                or torch._C._len_torch_function_stack()
+                or getattr(torch.autograd.profiler, "_is_profiler_enabled", True))
 
 
 def _kernel(name: str, tg: TaskGradients) -> tuple:

@@ -24,6 +24,7 @@ from .gradients import (TaskGradients, accumulate_dtype, canonicalize, canonical
                         check_gradients_finite, losses_tensor, single_structure)
 from .methods import Context, Method, make_method
 from .ops import Engine
+from .ops.finite_guard import finite_guard
 from .ops.primitives import assemble  # noqa: F401  (re-exported: the callers' last step)
 
 
@@ -221,21 +222,16 @@ def guarded_weights(m: Method, G: Optional[torch.Tensor], ctx: Context, check_fi
     """
     if G is None:
         return m.weights(None, ctx)
-    finite = torch.isfinite(G).all()
-    dots = ctx.reference_dots
-    if dots is not None:
-        finite = finite & torch.isfinite(dots).all()
+    safe_G, dots, finite = finite_guard(G, ctx.reference_dots)
     if check_finite and not bool(finite):
         rows = (~torch.isfinite(G)).any(1).cpu().tolist()
         bad = ", ".join(f"task {k}" for k, b in enumerate(rows) if b) or "the reference gradient"
         raise ValueError(f"the Gram matrix is not finite although the gradients are: dot products overflowed "
                          f"{G.dtype} (max {torch.finfo(G.dtype).max:.3g}) for {bad}; pass float64 gradients or "
                          "scale the losses down")
-    zero = torch.zeros((), dtype=G.dtype, device=G.device)
-    G = torch.where(finite, G, zero)
-    if dots is not None:
+    if dots is not ctx.reference_dots:  # zeros in place of non-finite dots
         ctx = Context(num_tasks=ctx.num_tasks, device=ctx.device, losses=ctx.losses, generator=ctx.generator,
-                      reference_dots=torch.where(finite, dots, zero.to(dots.dtype)))
-    lam = m.weights(G, ctx)
-    return torch.where(finite, lam, torch.full_like(lam, float("nan")))
+                      reference_dots=dots)
+    lam = m.weights(safe_G, ctx)
+    return torch.where(finite, lam, float("nan"))
 
