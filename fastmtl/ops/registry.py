@@ -64,16 +64,13 @@ class Backend:
     deterministic: bool
     probe: Callable[[], Optional[str]]  # returns None when usable, else why not
     implementations: Dict[str, Callable] = field(default_factory=dict)
-    # Input-dependent limits. Hazard: like ``defer``, it may look at nothing of the operand that
-    # selection_key leaves out (automatic choices are cached under that key).
+    # Input-dependent limits. Hazard: it may look at nothing of the operand that selection_key
+    # leaves out (automatic choices are cached under that key).
     extra_reasons: Optional[Callable[[Operand], List[str]]] = None
     # Devices on which automatic selection may pick this backend (default: all of ``devices``).
     # The Triton interpreter runs on CPU tensors but is far slower than the reference there, so
     # it is used on CPU only when asked for explicitly.
     automatic_devices: Optional[tuple] = None
-    # Automatic selection passes over this backend for (primitive, inputs) where it returns True,
-    # e.g. where a lower-priority backend is measured faster; an explicit request still runs it.
-    defer: Optional[Callable[[str, Operand], bool]] = None
     _probe_result: object = field(default=..., repr=False)
 
     @property
@@ -123,8 +120,8 @@ def _clear_choices() -> None:
 
 
 def selection_key(primitive: str, tg: Operand, deterministic_only: bool) -> tuple:
-    """Everything automatic selection may depend on. A backend's ``extra_reasons`` and ``defer``
-    must look at nothing else of the operand: its device type, dtype, number of tasks, and whether
+    """Everything automatic selection may depend on. A backend's ``extra_reasons`` must look at
+    nothing else of the operand: its device type, dtype, number of tasks, and whether
     it is a single ``[K, D]`` matrix or only a Gram matrix (the choice is cached under this key)."""
     kind = "gram" if isinstance(tg, GramOperand) else ("matrix" if tg.matrix is not None else "entries")
     return (primitive, kind, tg.device.type, tg.dtype, tg.num_tasks, deterministic_only)
@@ -230,8 +227,6 @@ def _automatic(primitive: str, tg: Operand, deterministic_only: bool) -> Backend
             continue
         auto_devices = backend.automatic_devices if backend.automatic_devices is not None else backend.devices
         if tg.device.type not in auto_devices:
-            continue
-        if backend.defer is not None and backend.defer(primitive, tg):
             continue
         if not backend.not_supported_reasons(primitive, tg):
             return backend
