@@ -310,11 +310,7 @@ FASTMTL_INLINE void weighted_group(const A* const* src, const A* w, int64_t m, i
 template <typename A>
 FASTMTL_INLINE void weighted_rows(const A* const* src, const A* w, int64_t m, int64_t off, int64_t n, A* dst,
                                   A* partial) {
-  if (m <= kGroup) {
-    if (m == 0) {
-      std::memset(dst, 0, size_t(n) * sizeof(A));
-      return;
-    }
+  if (m <= kGroup) {  // m = 0 writes zeros
     weighted_group<A>(src, w, m, off, n, true, dst);
     return;
   }

@@ -16,16 +16,19 @@
 
 #include <cmath>
 #include <cstdint>
+#include <optional>
 
 #include "finite_guard.h"
 
 namespace {
 
-bool eligible(PyObject* obj, at::ScalarType dtype) {
+// A contiguous float32/float64 CPU tensor (an exact torch.Tensor), of dtype `dtype` when one is given.
+bool eligible(PyObject* obj, std::optional<at::ScalarType> dtype = std::nullopt) {
   if (!THPVariable_CheckExact(obj)) return false;
   const at::Tensor& t = THPVariable_Unpack(obj);
-  return t.defined() && t.device().is_cpu() && t.layout() == c10::kStrided && t.scalar_type() == dtype &&
-         t.is_contiguous();
+  const at::ScalarType s = t.defined() ? t.scalar_type() : at::kFloat;
+  return t.defined() && t.device().is_cpu() && t.layout() == c10::kStrided && t.is_contiguous() &&
+         (s == at::kFloat || s == at::kDouble) && (!dtype || s == *dtype);
 }
 
 template <typename T>
@@ -41,12 +44,10 @@ bool finite_values(const at::Tensor& t) {
 }
 
 PyObject* guard(PyObject* G_obj, PyObject* dots_obj) {
-  if (!THPVariable_CheckExact(G_obj)) Py_RETURN_NONE;
-  const at::ScalarType dtype = THPVariable_Unpack(G_obj).scalar_type();
-  if ((dtype != at::kFloat && dtype != at::kDouble) || !eligible(G_obj, dtype)) Py_RETURN_NONE;
-  const bool with_dots = dots_obj != Py_None;
-  if (with_dots && !eligible(dots_obj, dtype)) Py_RETURN_NONE;
+  if (!eligible(G_obj)) Py_RETURN_NONE;
   const at::Tensor& G = THPVariable_Unpack(G_obj);
+  const bool with_dots = dots_obj != Py_None;
+  if (with_dots && !eligible(dots_obj, G.scalar_type())) Py_RETURN_NONE;
   const bool finite = finite_values(G) && (!with_dots || finite_values(THPVariable_Unpack(dots_obj)));
   at::Tensor flag = at::empty({}, at::TensorOptions().dtype(at::kBool));
   *flag.mutable_data_ptr<bool>() = finite;

@@ -121,10 +121,9 @@ def _clear_choices() -> None:
 
 def selection_key(primitive: str, tg: Operand, deterministic_only: bool) -> tuple:
     """Everything automatic selection may depend on. A backend's ``extra_reasons`` must look at
-    nothing else of the operand: its device type, dtype, number of tasks, and whether
-    it is a single ``[K, D]`` matrix or only a Gram matrix (the choice is cached under this key)."""
-    kind = "gram" if isinstance(tg, GramOperand) else ("matrix" if tg.matrix is not None else "entries")
-    return (primitive, kind, tg.device.type, tg.dtype, tg.num_tasks, deterministic_only)
+    nothing else of the operand: its device type, dtype, number of tasks, and whether it is only a
+    Gram matrix (the choice is cached under this key)."""
+    return (primitive, isinstance(tg, GramOperand), tg.device.type, tg.dtype, tg.num_tasks, deterministic_only)
 
 
 def register_backend(backend: Backend) -> Backend:
